@@ -1,0 +1,1 @@
+"""The management plane's own endpoints: claim, login, users, settings, status, OpenAPI."""

@@ -1,0 +1,1 @@
+"""Accounts, passwords, sessions, the first-boot claim and brute-force throttling."""

@@ -1,0 +1,1 @@
+"""Device settings: a validated model, an atomic store with change notification, and the API."""

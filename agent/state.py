@@ -1,0 +1,148 @@
+"""Device state layout and atomic persistence.
+
+The layout is the same in host mode and on the device (see docs/state-layout.md):
+
+    ROOT/                  0700  --state-dir in host mode; /data on the device
+      otp/device-secret    0600  simulated OTP/eFuse secret (outside the rootfs on the device)
+      setup-code           0600  host mode only, while unclaimed
+      data/                0700  persistent data partition
+        identity/          0700  device keys (encrypted) and certificates
+        users.json         0600  accounts, Argon2id hashes, encrypted digest secrets
+        settings.json      0600  validated device settings
+        claim.json         0600  hash of the one-time setup code, claimed flag
+        audit/             0700  tamper-evident audit log segments
+        ota/               0700  slot/boot-chooser state (host mode)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import StateError
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
+    """Create ``path`` (and parents) and force its mode; a pre-existing looser mode is tightened."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    os.chmod(path, mode)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new content.
+
+    temp file in the same directory (created with ``mode``, never world-readable even briefly),
+    write, fsync, rename over the target, fsync the directory so the rename itself is durable.
+    """
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int = FILE_MODE) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n", mode)
+
+
+def read_json(path: Path, *, max_bytes: int = 4 * 1024 * 1024) -> Any:
+    """Read a JSON state file with a size bound; a corrupt file is a StateError, not a crash."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StateError(f"cannot read {path.name}: {exc.strerror}") from exc
+    if len(raw) > max_bytes:
+        raise StateError(f"{path.name} exceeds {max_bytes} bytes")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise StateError(f"{path.name} is not valid JSON") from exc
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """Paths of the device's persistent state. ``open`` creates the directories with 0700."""
+
+    root: Path
+
+    @property
+    def otp_dir(self) -> Path:
+        return self.root / "otp"
+
+    @property
+    def device_secret_file(self) -> Path:
+        return self.otp_dir / "device-secret"
+
+    @property
+    def setup_code_file(self) -> Path:
+        return self.root / "setup-code"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.data / "identity"
+
+    @property
+    def users_file(self) -> Path:
+        return self.data / "users.json"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.data / "settings.json"
+
+    @property
+    def claim_file(self) -> Path:
+        return self.data / "claim.json"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.data / "audit"
+
+    @property
+    def ota_dir(self) -> Path:
+        return self.data / "ota"
+
+    @property
+    def attestation_file(self) -> Path:
+        """Boot attestation record written by bootverify (read-only for the agent)."""
+        return self.root / "run" / "boot-attestation.json"
+
+    @classmethod
+    def open(cls, root: Path) -> StateDir:
+        state = cls(root.resolve())
+        ensure_dir(state.root)
+        for d in (state.otp_dir, state.data, state.identity_dir, state.audit_dir, state.ota_dir):
+            ensure_dir(d)
+        return state
