@@ -1,0 +1,1 @@
+"""Tamper-evident audit log of the management plane (HMAC chain, rotation, head pointer, syslog)."""

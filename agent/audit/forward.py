@@ -1,0 +1,257 @@
+"""Forwarding audit records to a remote syslog server over TLS (RFC 5424 messages, RFC 5425 framing).
+
+The server certificate is always validated: chain to ``syslog.ca_pem`` (the only trust anchor -
+the system store is never consulted, so a public CA cannot impersonate the collector) and the
+name ``syslog.server_name`` (or ``syslog.host``). There is no "insecure" switch.
+
+Delivery is at-least-once while the bounded queue holds: a record leaves the queue only after it
+was written and the socket drained; after a disconnect the sender resumes with the first record
+not yet drained, so the collector may see a record twice (``seq`` lets it deduplicate) but never a
+silent gap. When the queue overflows the OLDEST records are dropped and counted (``dropped`` in
+status) - they remain in the on-device log and in ``GET /api/v1/audit``. RFC 5425 has no
+application acknowledgement: bytes the kernel accepted just before a connection dies can still be
+lost in transit; the MAC chain in the forwarded lines lets the collector detect such a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.audit.errors import ForwardError
+from agent.audit.log import AuditLog
+from agent.audit.record import AuditRecord
+from agent.audit.rfc5424 import format_message, frame
+from agent.tlsconfig import client_context, load_chain_from_memory
+
+ClientIdentity = Callable[[], tuple[bytes, bytes]]  # (certificate chain PEM, private key PEM)
+AuditHook = Callable[[str, str, dict[str, Any]], Awaitable[None]]  # (event, outcome, details)
+
+_MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class SyslogTarget:
+    host: str
+    port: int
+    ca_pem: str
+    server_name: str | None = None
+
+    @property
+    def tls_name(self) -> str:
+        return self.server_name or self.host
+
+    @classmethod
+    def from_settings(cls, syslog: Any) -> SyslogTarget | None:
+        """``settings.syslog`` -> target, or None when forwarding is off (no host)."""
+        host = getattr(syslog, "host", None)
+        if not host:
+            return None
+        ca_pem = getattr(syslog, "ca_pem", None)
+        if not ca_pem:
+            # No anchor means no way to validate the server: refuse instead of trusting anything.
+            raise ForwardError(
+                "syslog.ca_pem is required to forward over TLS",
+                code="audit.forward_no_ca",
+                field="syslog.ca_pem",
+            )
+        port = int(getattr(syslog, "port", 6514))
+        if not 1 <= port <= 65535:
+            raise ForwardError("syslog.port out of range", code="audit.forward_invalid", field="syslog.port")
+        return cls(str(host), port, str(ca_pem), getattr(syslog, "server_name", None) or None)
+
+
+def build_context(target: SyslogTarget, client_identity: ClientIdentity | None = None) -> ssl.SSLContext:
+    try:
+        ctx = client_context(cadata=target.ca_pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ForwardError(
+            f"syslog.ca_pem is not a usable CA: {exc}", code="audit.forward_bad_ca", field="syslog.ca_pem"
+        ) from exc
+    if client_identity is not None:
+        chain, key = client_identity()
+        load_chain_from_memory(ctx, chain, key)
+    return ctx
+
+
+class AuditForwarder:
+    def __init__(
+        self,
+        log: AuditLog,
+        target: SyslogTarget,
+        *,
+        hostname: str,
+        queue_size: int = 4096,
+        client_identity: ClientIdentity | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 60.0,
+        connect_timeout: float = 10.0,
+        audit_hook: AuditHook | None = None,
+    ) -> None:
+        self._log = log
+        self._target = target
+        self._hostname = hostname
+        self._ctx = build_context(target, client_identity)
+        self._queue: collections.deque[AuditRecord] = collections.deque()
+        self._queue_size = queue_size
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._connect_timeout = connect_timeout
+        self._audit_hook = audit_hook
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.state = "stopped"
+        self.sent = 0
+        self.dropped = 0
+        self.connects = 0
+        self.last_forwarded_seq: int | None = None
+        self.last_error: str | None = None
+        self._last_reported: str | None = None
+
+    @property
+    def target(self) -> SyslogTarget:
+        return self._target
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._unsubscribe = self._log.subscribe(self._from_writer)
+        self.state = "connecting"
+        self._task = asyncio.create_task(self._run(), name="audit-forwarder")
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.state = "stopped"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "target": f"{self._target.host}:{self._target.port}",
+            "server_name": self._target.tls_name,
+            "queued": len(self._queue),
+            "queue_size": self._queue_size,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "connects": self.connects,
+            "last_forwarded_seq": self.last_forwarded_seq,
+            "last_error": self.last_error,
+        }
+
+    def enqueue(self, rec: AuditRecord) -> None:
+        """Loop-side: add a record, dropping (and counting) the oldest when full."""
+        if len(self._queue) >= self._queue_size:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(rec)
+        self._wake.set()
+
+    def _from_writer(self, rec: AuditRecord) -> None:
+        # Runs in the writer thread under the log's lock: only hand over.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self.enqueue, rec)
+
+    async def _run(self) -> None:
+        backoff = self._backoff_initial
+        while True:
+            writer: asyncio.StreamWriter | None = None
+            try:
+                self.state = "connecting"
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        self._target.host,
+                        self._target.port,
+                        ssl=self._ctx,
+                        server_hostname=self._target.tls_name,
+                        ssl_handshake_timeout=self._connect_timeout,
+                    ),
+                    self._connect_timeout + 1,
+                )
+                assert writer is not None
+                self.connects += 1
+                self.state = "connected"
+                self.last_error = None
+                backoff = self._backoff_initial
+                await self._report("success", None)
+                await self._pump(reader, writer)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                self.last_error = _describe(exc)
+                self.state = "backoff"
+                await self._report("failure", self.last_error)
+            finally:
+                if writer is not None:
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(writer.wait_closed(), 2)
+            # Jitter keeps a fleet of cameras from reconnecting in lockstep after a collector outage.
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, self._backoff_max)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A syslog server never sends: any read completing means the connection is closing.
+        closed = asyncio.ensure_future(reader.read(1))
+        try:
+            while True:
+                if self._queue:
+                    batch = [self._queue[i] for i in range(min(len(self._queue), _MAX_BATCH))]
+                    writer.write(b"".join(frame(format_message(r, self._hostname)) for r in batch))
+                    await writer.drain()
+                    for r in batch:
+                        # Only now is it safe to forget them; entries may have been dropped from
+                        # the left meanwhile, so pop by identity.
+                        if self._queue and self._queue[0] is r:
+                            self._queue.popleft()
+                        self.sent += 1
+                        self.last_forwarded_seq = r.seq
+                    continue
+                self._wake.clear()
+                wake = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait({wake, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if not wake.done():
+                    wake.cancel()
+                if closed in done:
+                    raise ConnectionError("syslog server closed the connection")
+        finally:
+            if not closed.done():
+                closed.cancel()
+
+    async def _report(self, outcome: str, error: str | None) -> None:
+        # Record transitions only, so an unreachable collector does not flood the log.
+        key = outcome if error is None else f"{outcome}:{error}"
+        if key == self._last_reported or self._audit_hook is None:
+            return
+        self._last_reported = key
+        details: dict[str, Any] = {"target": f"{self._target.host}:{self._target.port}"}
+        if error is not None:
+            details["error"] = error
+        with contextlib.suppress(Exception):
+            await self._audit_hook("audit.forward", outcome, details)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    text = str(exc) or type(exc).__name__
+    return text[:200]
