@@ -57,6 +57,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "request.too_large"}.get(exc.status, "http.error")
         resp = web.json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)
+        if "Allow" in exc.headers:  # a 405 must list the allowed methods (RFC 9110 15.5.6)
+            resp.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = web.json_response({"error": {"code": "internal", "message": "internal error"}}, status=500)

@@ -57,3 +57,10 @@ class FileDeviceSecret:
             salt=b"camera-firmware/device-secret/v1",
             info=purpose.encode(),
         ).derive(self._root)
+
+
+def host_serial(secret: DeviceSecretProvider) -> str:
+    """The placeholder serial of an unconfigured host-mode device: stable per state dir.
+
+    The factory flow recognises it and lets the station assign the real serial."""
+    return "HM" + secret.derive("host-serial", 5).hex().upper()

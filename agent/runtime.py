@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from aiohttp import web
 
@@ -19,7 +20,7 @@ from agent.auth.hashing import AsyncHasher
 from agent.auth.sessions import SessionStore
 from agent.auth.users import UserStore
 from agent.config import AgentConfig
-from agent.devicesecret import FileDeviceSecret
+from agent.devicesecret import FileDeviceSecret, host_serial
 from agent.identity.store import IdentityStore
 from agent.services import Services
 from agent.settings.store import SettingsStore
@@ -28,12 +29,18 @@ from agent.state import StateDir, atomic_write
 log = logging.getLogger("camera-agent")
 
 
-def _host_facts(config: AgentConfig, secret: FileDeviceSecret) -> AgentConfig:
-    """Host mode without configured facts: a stable serial and a locally administered MAC
-    derived from the device secret, so each state dir is its own device."""
+def _host_facts(config: AgentConfig, state: StateDir, secret: FileDeviceSecret) -> AgentConfig:
+    """The device's serial and MAC: from the factory identity once provisioned; else configured;
+    else (host mode) a stable serial and a locally administered MAC derived from the device
+    secret, so each state dir is its own device."""
+    from agent.identity import provisioned
+
     dev = config.device
+    record = provisioned.load(state)
+    if record is not None:
+        return replace(config, device=replace(dev, serial=record.serial, mac=record.mac))
     if not dev.serial:
-        dev = replace(dev, serial="HM" + secret.derive("host-serial", 5).hex().upper())
+        dev = replace(dev, serial=host_serial(secret))
     if not dev.mac:
         raw = bytearray(secret.derive("host-mac", 6))
         raw[0] = (raw[0] & 0xFC) | 0x02
@@ -44,8 +51,8 @@ def _host_facts(config: AgentConfig, secret: FileDeviceSecret) -> AgentConfig:
 def build_services(config: AgentConfig) -> Services:
     state = StateDir.open(config.state_dir)
     otp_path = config.section("otp").get("path")
-    secret = FileDeviceSecret(state.device_secret_file if otp_path is None else __import__("pathlib").Path(otp_path))
-    config = _host_facts(config, secret)
+    secret = FileDeviceSecret(state.device_secret_file if otp_path is None else Path(otp_path))
+    config = _host_facts(config, state, secret)
     clock = time.time
     audit = AuditLog(state.audit_dir, secret.derive("audit-mac"), clock=clock)
     hasher = AsyncHasher(concurrency=config.limits.argon2_concurrency)

@@ -14,8 +14,7 @@ from aiohttp import web
 from agent.audit.errors import AuditError, AuditTampered, ForwardError
 from agent.audit.forward import AuditForwarder, SyslogTarget
 from agent.audit.limits import AuditLimits
-from agent.audit.record import AuditRecord
-from agent.audit.rfc5424 import format_message
+from agent.audit.rfc5424 import render
 from agent.audit.verify import ChainVerifier, VerifyReport, quarantined, read_bounded
 from agent.capability import Role, Route
 from agent.errors import ValidationError
@@ -40,12 +39,6 @@ def parse_since(raw: str | None) -> int:
     return int(raw)
 
 
-def render(rec: AuditRecord, fmt: str, hostname: str) -> bytes:
-    if fmt == "rfc5424":
-        return format_message(rec, hostname) + b"\n"
-    return rec.line + b"\n"
-
-
 def verify_snapshot(snap: LogSnapshot, key: bytes, limits: AuditLimits) -> VerifyReport:
     """Blocking: verify a snapshot's segments (run off the loop)."""
     verifier = ChainVerifier(key, limits)
@@ -62,7 +55,9 @@ class AuditCapability:
     def __init__(self, svc: Services) -> None:
         self._svc = svc
         self._log: AuditLog = svc.audit
-        self._limits = AuditLimits.from_section(svc.config.section("audit"))
+        # The forwarder's queue bound comes from the config's "audit" section; parsing bounds
+        # come from the log itself so the API verifies with the limits the writer used.
+        self._forward_queue = AuditLimits.from_section(svc.config.section("audit")).forward_queue
         self._hostname = svc.config.device.serial or socket.gethostname()
         self._forwarder: AuditForwarder | None = None
         self._forward_error: str | None = None
@@ -108,7 +103,16 @@ class AuditCapability:
                 "state": "off" if self._forward_error is None else "misconfigured",
                 "error": self._forward_error,
             }
-        return {**self._log.status(), "forwarder": fwd}
+        out: dict[str, Any] = {**self._log.status(), "forwarder": fwd}
+        warnings = []
+        if out.get("quarantined"):
+            warnings.append("audit: tampering was detected; the tampered log is kept in audit/quarantine")
+        if self._forward_error is not None:
+            warnings.append(f"audit: syslog forwarding misconfigured: {self._forward_error}")
+        elif fwd.get("dropped"):
+            warnings.append(f"audit: {fwd['dropped']} records were not forwarded (queue overflow)")
+        out["warnings"] = warnings
+        return out
 
     # --- forwarding ------------------------------------------------------------------------------
 
@@ -138,7 +142,7 @@ class AuditCapability:
                     self._log,
                     target,
                     hostname=self._hostname,
-                    queue_size=self._limits.forward_queue,
+                    queue_size=self._forward_queue,
                     audit_hook=self._audit_hook,
                 )
             except ForwardError as exc:
@@ -181,7 +185,7 @@ class AuditCapability:
             }
         )
         await resp.prepare(request)
-        verifier = ChainVerifier(self._log.key, self._limits)
+        verifier = ChainVerifier(self._log.key, self._log.limits)
         try:
             for i, seg in enumerate(snap.segments):
                 last = i == len(snap.segments) - 1
@@ -210,7 +214,7 @@ class AuditCapability:
     def _render_segment(
         self, verifier: ChainVerifier, sid: int, path: Any, size: int, last: bool, since: int, fmt: str
     ) -> bytes:
-        data = read_bounded(path, self._limits.max_segment_read_bytes, size)
+        data = read_bounded(path, self._log.limits.max_segment_read_bytes, size)
         return b"".join(
             render(r, fmt, self._hostname) for r in verifier.feed(sid, data, last=last) if r.seq >= since
         )
@@ -221,7 +225,7 @@ class AuditCapability:
         snap = await asyncio.to_thread(self._log.snapshot)
         body: dict[str, Any]
         try:
-            report = await asyncio.to_thread(verify_snapshot, snap, self._log.key, self._limits)
+            report = await asyncio.to_thread(verify_snapshot, snap, self._log.key, self._log.limits)
         except AuditTampered as exc:
             body = {"ok": False, "error": exc.to_json()}
         else:

@@ -18,9 +18,9 @@ import socket
 import sys
 from pathlib import Path
 
-from agent.audit.capability import render
 from agent.audit.errors import AuditError, AuditTampered
 from agent.audit.limits import AuditLimits
+from agent.audit.rfc5424 import render
 from agent.audit.verify import iter_directory, quarantined, verify_directory
 from agent.devicesecret import FileDeviceSecret
 from agent.errors import AgentError

@@ -4,13 +4,20 @@ The server certificate is always validated: chain to ``syslog.ca_pem`` (the only
 the system store is never consulted, so a public CA cannot impersonate the collector) and the
 name ``syslog.server_name`` (or ``syslog.host``). There is no "insecure" switch.
 
-Delivery is at-least-once while the bounded queue holds: a record leaves the queue only after it
-was written and the socket drained; after a disconnect the sender resumes with the first record
-not yet drained, so the collector may see a record twice (``seq`` lets it deduplicate) but never a
-silent gap. When the queue overflows the OLDEST records are dropped and counted (``dropped`` in
-status) - they remain in the on-device log and in ``GET /api/v1/audit``. RFC 5425 has no
-application acknowledgement: bytes the kernel accepted just before a connection dies can still be
-lost in transit; the MAC chain in the forwarded lines lets the collector detect such a gap.
+The forwarding cursor (last seq sent to this target) is kept in ``forward-cursor.json`` next to
+the segments, MACed with the log key and bound to the log id and the target, saved at most every
+few seconds and at stop: after an agent restart the forwarder resumes from it (re-sending up to a
+few seconds' worth, never skipping). A missing, foreign or forged cursor falls back to "from now".
+
+Delivery is at-least-once and gap-free while the records exist on the device: a record leaves the
+in-memory queue only after it was written and the socket drained; after a disconnect sending
+resumes with the first record not yet drained, so the collector may see a record twice (``seq``
+lets it deduplicate) but never a silent gap. The queue is bounded: on overflow the oldest entries
+are discarded (``overflowed``) and the sender later re-reads that range, verified, from the
+on-device log (``backfilled``). Only records already rotated off the device by then are lost,
+and counted (``dropped`` in status). RFC 5425 has no application acknowledgement: bytes the
+kernel accepted just before a connection dies can still be lost in transit; the MAC chain in the
+forwarded lines lets the collector detect such a gap.
 """
 
 from __future__ import annotations
@@ -20,20 +27,26 @@ import collections
 import contextlib
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.audit.errors import ForwardError
+from agent.audit.errors import AuditError, ForwardError
 from agent.audit.log import AuditLog
-from agent.audit.record import AuditRecord
+from agent.audit.record import AuditRecord, LineError, open_line, seal_line
 from agent.audit.rfc5424 import format_message, frame
+from agent.audit.verify import ChainVerifier, read_bounded
+from agent.state import atomic_write
 from agent.tlsconfig import client_context, load_chain_from_memory
 
 ClientIdentity = Callable[[], tuple[bytes, bytes]]  # (certificate chain PEM, private key PEM)
 AuditHook = Callable[[str, str, dict[str, Any]], Awaitable[None]]  # (event, outcome, details)
 
 _MAX_BATCH = 256
+CURSOR_FILE = "forward-cursor.json"
+CURSOR_DOMAIN = b"camera-audit-forward-cursor-v1\x00"
+_CURSOR_SAVE_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,13 @@ class AuditForwarder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.state = "stopped"
         self.sent = 0
-        self.dropped = 0
+        self.dropped = 0  # lost: overflowed and no longer on the device when backfilling
+        self.overflowed = 0
+        self.backfilled = 0
+        self._cursor = 0  # highest seq forwarded (or given up on); records above it are owed
+        self._saved_cursor = 0
+        self._saved_at = 0.0
+        self._seen = 0  # highest seq handed to us by the writer (or the head at start)
         self.connects = 0
         self.last_forwarded_seq: int | None = None
         self.last_error: str | None = None
@@ -124,7 +143,18 @@ class AuditForwarder:
         if self._task is not None:
             return
         self._loop = asyncio.get_running_loop()
+        # Subscribe first: a record appended while the cursor loads is then either queued or
+        # below the head read next, never in neither.
         self._unsubscribe = self._log.subscribe(self._from_writer)
+        self._seen = max(self._seen, self._log.head_seq)
+        # Owed to the collector: everything after the saved cursor, or after now.
+        cursor, valid = await asyncio.to_thread(self._load_cursor)
+        self._cursor = self._saved_cursor = cursor
+        if not valid:
+            # Persist "from now" at once, so records written before the first send survive a
+            # restart of the agent as owed, not as forgotten.
+            with contextlib.suppress(OSError, AuditError):
+                await asyncio.to_thread(self._save_cursor, cursor)
         self.state = "connecting"
         self._task = asyncio.create_task(self._run(), name="audit-forwarder")
 
@@ -137,7 +167,35 @@ class AuditForwarder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            if self._cursor != self._saved_cursor:
+                with contextlib.suppress(OSError, AuditError):
+                    await asyncio.to_thread(self._save_cursor, self._cursor)
         self.state = "stopped"
+
+    @property
+    def _target_id(self) -> str:
+        return f"{self._target.host}:{self._target.port}/{self._target.tls_name}"
+
+    def _load_cursor(self) -> tuple[int, bool]:
+        """(cursor, whether it came from a valid saved file)."""
+        head = self._log.head_seq
+        try:
+            raw = read_bounded(self._log.directory / CURSOR_FILE, 4096)
+            obj, _ = open_line(self._log.key, CURSOR_DOMAIN, b"", raw.rstrip(b"\n"))
+        except (AuditError, LineError):
+            return head, False
+        seq = obj.get("seq")
+        if obj.get("log") != self._log.log_id or obj.get("target") != self._target_id:
+            return head, False
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= head:
+            return head, False
+        return seq, True
+
+    def _save_cursor(self, seq: int) -> None:
+        line, _ = seal_line(self._log.key, CURSOR_DOMAIN, b"",
+                            {"v": 1, "log": self._log.log_id, "target": self._target_id, "seq": seq})
+        atomic_write(self._log.directory / CURSOR_FILE, line + b"\n")
+        self._saved_cursor = seq
 
     def status(self) -> dict[str, Any]:
         return {
@@ -148,17 +206,20 @@ class AuditForwarder:
             "queue_size": self._queue_size,
             "sent": self.sent,
             "dropped": self.dropped,
+            "overflowed": self.overflowed,
+            "backfilled": self.backfilled,
             "connects": self.connects,
             "last_forwarded_seq": self.last_forwarded_seq,
             "last_error": self.last_error,
         }
 
     def enqueue(self, rec: AuditRecord) -> None:
-        """Loop-side: add a record, dropping (and counting) the oldest when full."""
+        """Loop-side: add a record, discarding the oldest when full (the sender backfills it)."""
         if len(self._queue) >= self._queue_size:
             self._queue.popleft()
-            self.dropped += 1
+            self.overflowed += 1
         self._queue.append(rec)
+        self._seen = max(self._seen, rec.seq)
         self._wake.set()
 
     def _from_writer(self, rec: AuditRecord) -> None:
@@ -212,17 +273,21 @@ class AuditForwarder:
         closed = asyncio.ensure_future(reader.read(1))
         try:
             while True:
+                while self._queue and self._queue[0].seq <= self._cursor:
+                    self._queue.popleft()  # already sent by a backfill
+                # Owed but not queued: discarded on overflow, or written before a restart.
+                end = self._queue[0].seq if self._queue else self._seen + 1
+                if self._cursor + 1 < end:
+                    await self._backfill(writer, end)
+                    continue
                 if self._queue:
                     batch = [self._queue[i] for i in range(min(len(self._queue), _MAX_BATCH))]
-                    writer.write(b"".join(frame(format_message(r, self._hostname)) for r in batch))
-                    await writer.drain()
+                    await self._send(writer, batch)
                     for r in batch:
-                        # Only now is it safe to forget them; entries may have been dropped from
-                        # the left meanwhile, so pop by identity.
+                        # Only now is it safe to forget them; entries may have been discarded
+                        # from the left meanwhile, so pop by identity.
                         if self._queue and self._queue[0] is r:
                             self._queue.popleft()
-                        self.sent += 1
-                        self.last_forwarded_seq = r.seq
                     continue
                 self._wake.clear()
                 wake = asyncio.ensure_future(self._wake.wait())
@@ -234,6 +299,55 @@ class AuditForwarder:
         finally:
             if not closed.done():
                 closed.cancel()
+
+    async def _send(self, writer: asyncio.StreamWriter, batch: list[AuditRecord]) -> None:
+        writer.write(b"".join(frame(format_message(r, self._hostname)) for r in batch))
+        await writer.drain()
+        self.sent += len(batch)
+        self.last_forwarded_seq = batch[-1].seq
+        self._cursor = max(self._cursor, batch[-1].seq)
+        now = time.monotonic()
+        if now - self._saved_at >= _CURSOR_SAVE_INTERVAL_S:
+            self._saved_at = now
+            try:
+                await asyncio.to_thread(self._save_cursor, self._cursor)
+            except (OSError, AuditError) as exc:  # forwarding goes on; a restart re-sends more
+                self.last_error = f"cursor not saved: {exc}"
+
+    async def _backfill(self, writer: asyncio.StreamWriter, end: int) -> None:
+        """Send records cursor+1 .. end-1 (discarded from the queue) from the on-device log."""
+        first = self._cursor + 1
+        try:
+            recs = await asyncio.to_thread(self._read_range, first, end, self._queue_size)
+        except AuditError as exc:  # tampered or unreadable: nothing trustworthy to send
+            recs = []
+            self.last_error = f"backfill: {exc.code}"
+        if not recs or recs[0].seq > first:
+            # Rotated off the device (or unreadable) before we got to it: lost, and counted.
+            upto = recs[0].seq if recs else end
+            self.dropped += upto - first
+            self._cursor = upto - 1
+        if recs:
+            for i in range(0, len(recs), _MAX_BATCH):
+                await self._send(writer, recs[i : i + _MAX_BATCH])
+            self.backfilled += len(recs)
+
+    def _read_range(self, first: int, end: int, limit: int) -> list[AuditRecord]:
+        """Blocking: verified records with first <= seq < end (at most ``limit``), read from a
+        snapshot of the log. Each one is authenticated and chained; the head check is not needed
+        because the range ends below records this process saw being written."""
+        snap = self._log.snapshot()
+        lim = self._log.limits
+        verifier = ChainVerifier(self._log.key, lim)
+        out: list[AuditRecord] = []
+        for i, seg in enumerate(snap.segments):
+            data = read_bounded(seg.path, lim.max_segment_read_bytes, seg.size)
+            for rec in verifier.feed(seg.id, data, last=i == len(snap.segments) - 1):
+                if rec.seq >= end or len(out) >= limit:
+                    return out
+                if rec.seq >= first:
+                    out.append(rec)
+        return out
 
     async def _report(self, outcome: str, error: str | None) -> None:
         # Record transitions only, so an unreachable collector does not flood the log.

@@ -181,9 +181,15 @@ class AuditLog:
             target=target,
             details=None if details is None else dict(details),
         )
-        await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        try:
+            fut = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except RuntimeError as exc:  # executor shut down by close()
+            raise AuditError("audit log is closed", code="audit.closed") from exc
+        await fut
 
     def close(self) -> None:
+        # Drain records already handed to the writer thread first: they were promised to the log.
+        self._executor.shutdown(wait=True)
         with self._lock:
             if self._closed:
                 return
@@ -191,7 +197,6 @@ class AuditLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-        self._executor.shutdown(wait=True)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` after each durable append (in the appending thread, under the lock:
@@ -247,6 +252,11 @@ class AuditLog:
         with self._lock:
             return self._seq
 
+    @property
+    def log_id(self) -> str:
+        with self._lock:
+            return self._log_id
+
     # --- open / recovery ----------------------------------------------------------------------------
 
     def _open(self) -> None:
@@ -298,6 +308,10 @@ class AuditLog:
         if torn is not None and torn.segment == last.id:
             os.ftruncate(self._fd, torn.offset)
             os.fsync(self._fd)
+        if report.head_seq != report.last_seq:
+            # The previous writer died between a record's fsync and the head's rename. Close that
+            # window now, or the next crash could leave the head two records behind.
+            self._write_head()
         if report.last_event == EV_ROTATE:
             # Crashed between closing a segment and opening the next: finish that rotation first,
             # a segment must start with its audit.segment record.

@@ -52,3 +52,10 @@ def format_message(rec: AuditRecord, hostname: str) -> bytes:
 def frame(message: bytes) -> bytes:
     """RFC 5425 section 4.3: MSG-LEN SP SYSLOG-MSG (no trailer)."""
     return str(len(message)).encode("ascii") + b" " + message
+
+
+def render(rec: AuditRecord, fmt: str, hostname: str) -> bytes:
+    """One export line: the stored record (``jsonl``) or its RFC 5424 message (``rfc5424``)."""
+    if fmt == "rfc5424":
+        return format_message(rec, hostname) + b"\n"
+    return rec.line + b"\n"

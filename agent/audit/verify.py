@@ -286,8 +286,11 @@ class ChainVerifier:
                 first_seq, first_mac = rec.seq, mac
             yield rec
         if count == 0:
-            if last and self._tail is not None:
-                # Creating a segment was interrupted before its first record completed.
+            if last and (self._tail is not None or not data):
+                # Creating a segment was interrupted before its first record completed (the
+                # file may even be empty: a crash between create and the first write).
+                self._tail = self._tail or IncompleteTail(segment_id, 0, 0)
+                self._finished_input = True
                 return
             raise AuditTampered(
                 "audit.segment_empty", self._next_seq(), f"segment {segment_id} holds no record"

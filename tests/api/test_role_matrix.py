@@ -43,6 +43,9 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/firmware"): "admin",
     ("POST", "/api/v1/firmware"): "admin",
     ("POST", "/api/v1/firmware/mark-good"): "admin",
+    ("POST", "/api/v1/firmware/check"): "admin",
+    # media (status of the sources)
+    ("GET", "/api/v1/media/status"): "viewer",
 }
 RANK = {"anonymous": 0, "viewer": 1, "operator": 2, "admin": 3}
 ROLES = ["anonymous", "viewer", "operator", "admin"]
@@ -77,7 +80,8 @@ NOT_CALLED_WHEN_ALLOWED = {("POST", "/api/v1/system/factory-reset")}
 RELOGIN_AFTER = {("POST", "/api/v1/logout")}
 
 
-async def test_each_cell(agent: Agent) -> None:
+async def test_each_cell(full_agent: Agent) -> None:
+    agent = full_agent
     from tests.agentharness import STRONG_PASSWORD
 
     tokens = await _setup(agent)

@@ -8,23 +8,24 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.audit.errors import AuditError, AuditRecordInvalid
 from agent.audit.log import AuditLog
 from agent.audit.verify import HEAD_FILE, QUARANTINE_DIR, list_segments, quarantined, verify_directory
-from tests.audit.logfactory import KEY, SEGMENT_BYTES, SMALL, FakeClock, build_log, read_dir
+from tests.audit.logfactory import KEY, SEGMENT_BYTES, SMALL, FakeClock, build_log
 
 
 def open_log(directory: Path, **kw: object) -> AuditLog:
-    args: dict[str, object] = {"clock": FakeClock(), "max_segment_bytes": SEGMENT_BYTES, "max_segments": 3,
-                               "limits": SMALL}
+    args: dict[str, Any] = {"clock": FakeClock(), "max_segment_bytes": SEGMENT_BYTES, "max_segments": 3,
+                            "limits": SMALL}
     args.update(kw)
-    return AuditLog(directory, KEY, **args)  # type: ignore[arg-type]
+    return AuditLog(directory, KEY, **args)
 
 
-def records(directory: Path) -> list[dict[str, object]]:
+def records(directory: Path) -> list[dict[str, Any]]:
     out = []
     for _sid, path in list_segments(directory):
         out += [json.loads(line) for line in path.read_bytes().splitlines()]
@@ -73,7 +74,7 @@ def test_oversized_details_are_replaced_not_lost(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cut", [1, 30, 120])
 def test_torn_tail_is_repaired_and_recorded_on_open(tmp_path: Path, cut: int) -> None:
     build_log(tmp_path, 20)
-    sid, path = list_segments(tmp_path)[-1]
+    _sid, path = list_segments(tmp_path)[-1]
     whole = path.read_bytes()
     # What a power cut mid-write leaves: part of a line, no newline.
     with open(path, "ab") as fh:
@@ -113,7 +114,7 @@ def test_torn_segment_start_is_redone(tmp_path: Path) -> None:
 
 def test_tampered_log_is_quarantined_and_flagged(tmp_path: Path) -> None:
     build_log(tmp_path, 30)
-    sid, path = list_segments(tmp_path)[0]
+    _sid, path = list_segments(tmp_path)[0]
     data = path.read_bytes()
     path.write_bytes(data.replace(b'"outcome":"failure"', b'"outcome":"success"', 1))
     log = open_log(tmp_path)
@@ -132,7 +133,7 @@ def test_tampered_log_is_quarantined_and_flagged(tmp_path: Path) -> None:
 
 def test_truncation_detected_at_open(tmp_path: Path) -> None:
     build_log(tmp_path, 30)
-    sid, path = list_segments(tmp_path)[-1]
+    _sid, path = list_segments(tmp_path)[-1]
     lines = path.read_bytes().split(b"\n")
     path.write_bytes(b"\n".join(lines[:-2]) + b"\n")
     log = open_log(tmp_path)
@@ -218,3 +219,35 @@ def test_listener_failure_does_not_break_logging(tmp_path: Path) -> None:
     log.append("auth.login", outcome="success")
     log.close()
     assert records(tmp_path)[-1]["event"] == "auth.login"
+
+
+def test_open_closes_the_head_lag_window(tmp_path: Path) -> None:
+    # Crash between a record's fsync and the head's rename leaves head one behind; if the next
+    # writer did not catch up at open, a second crash could leave it two behind (found by kill -9).
+    b = build_log(tmp_path, 10)
+    (tmp_path / HEAD_FILE).write_bytes(b.heads[-2])
+    lagging = verify_directory(tmp_path, KEY, limits=SMALL)
+    assert lagging.head_seq == (lagging.last_seq or 0) - 1
+    open_log(tmp_path).close()
+    fixed = verify_directory(tmp_path, KEY, limits=SMALL)
+    assert fixed.clean and fixed.head_seq == fixed.last_seq == lagging.last_seq
+
+
+def test_empty_new_segment_after_crash_is_recreated(tmp_path: Path) -> None:
+    # kill -9 between creating the next segment file and writing its first record (found by the
+    # kill -9 stress run): the file exists with 0 bytes.
+    log = open_log(tmp_path)
+    heads: dict[str, bytes] = {}
+    log.subscribe(lambda rec: heads.__setitem__(rec.event, (tmp_path / HEAD_FILE).read_bytes()))
+    while "audit.rotate" not in heads:
+        log.append("auth.login", outcome="success", details={"pad": "p" * 100})
+    log.close()
+    sid, path = list_segments(tmp_path)[-1]
+    path.write_bytes(b"")
+    (tmp_path / HEAD_FILE).write_bytes(heads["audit.rotate"])
+    report = verify_directory(tmp_path, KEY, limits=SMALL)
+    assert report.incomplete_tail is not None and report.incomplete_tail.segment == sid
+    assert report.incomplete_tail.length == 0 and report.last_event == "audit.rotate"
+    open_log(tmp_path).close()
+    report = verify_directory(tmp_path, KEY, limits=SMALL)
+    assert report.clean and [s.id for s in report.segments][-1] == sid

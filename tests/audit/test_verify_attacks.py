@@ -62,7 +62,7 @@ def _other_log_segment(b: Built, tmp: Path, key: bytes) -> Segs:
 
 def _splice_dropped(b: Built) -> Segs:
     # A segment this log itself wrote earlier and rotated away, put back under a retained id.
-    old_id, old = next(iter(sorted(b.dropped.items())))
+    _old_id, old = next(iter(sorted(b.dropped.items())))
     segs = list(b.segments)
     segs[1] = (segs[1][0], old)
     return segs
@@ -80,9 +80,9 @@ ATTACKS: list[tuple[str, Attack, str]] = [
     ("delete a segment's first record", lambda b, t: (edit_segment(b, 1, lambda ls: ls[1:]), b.head),
      "audit.mac_mismatch"),
     ("reorder two records", lambda b, t: (edit_segment(b, 1, _swap), b.head), "audit.mac_mismatch"),
-    ("duplicate a record", lambda b, t: (edit_segment(b, 1, lambda ls: ls[:4] + [ls[3]] + ls[4:]), b.head),
+    ("duplicate a record", lambda b, t: (edit_segment(b, 1, lambda ls: [*ls[:4], ls[3], *ls[4:]]), b.head),
      "audit.mac_mismatch"),
-    ("blank line inserted", lambda b, t: (edit_segment(b, 1, lambda ls: ls[:2] + [b""] + ls[2:]), b.head),
+    ("blank line inserted", lambda b, t: (edit_segment(b, 1, lambda ls: [*ls[:2], b"", *ls[2:]]), b.head),
      "audit.malformed"),
     ("garbage line appended", lambda b, t: (edit_segment(b, -1, lambda ls: [*ls, b'{"x":1}']), b.head),
      "audit.malformed"),

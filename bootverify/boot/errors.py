@@ -1,0 +1,39 @@
+"""Errors of the boot stage. Codes are stable and go to the audit log / attestation record."""
+
+from __future__ import annotations
+
+from bootverify.errors import BootVerifyError
+
+
+class BootStageError(BootVerifyError):
+    code = "boot.error"
+
+
+class FactsError(BootStageError):
+    """A boot-facts or image-facts file is missing, oversized or malformed."""
+
+    code = "boot.facts_invalid"
+
+
+class RollbackError(BootStageError):
+    """The image's security version is below the device's anti-rollback counter."""
+
+    code = "boot.rollback_refused"
+
+
+class CounterError(BootStageError):
+    """The anti-rollback counter store is unreadable or a write would lower it."""
+
+    code = "boot.counter_invalid"
+
+
+class EnvError(BootStageError):
+    """The U-Boot environment image is malformed (size, CRC, encoding)."""
+
+    code = "boot.env_invalid"
+
+
+class FirewallError(BootStageError):
+    """The outbound allow-list cannot be turned into rules (bad host, resolution failure)."""
+
+    code = "boot.firewall_invalid"

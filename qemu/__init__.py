@@ -1,0 +1,1 @@
+"""Build and run the camera reference board image in QEMU (aarch64 virt)."""

@@ -1,0 +1,75 @@
+"""The one place that fixes the QEMU machine of the reference board.
+
+U-Boot's control device tree is dumped from QEMU with exactly these options and embedded in
+u-boot.bin; the kernel gets that tree, so the machine must not change between build and run
+(a tree dumped with other options makes the kernel crash early).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+QEMU = "qemu-system-aarch64"
+MACHINE = ("-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024")
+
+
+@dataclass(frozen=True)
+class Forward:
+    host_port: int
+    guest_port: int
+    host_addr: str = "127.0.0.1"
+
+    def arg(self) -> str:
+        return f"hostfwd=tcp:{self.host_addr}:{self.host_port}-:{self.guest_port}"
+
+
+@dataclass(frozen=True)
+class BoardRun:
+    bios: Path
+    disk: Path
+    forwards: Sequence[Forward] = field(default_factory=tuple)
+    extra: Sequence[str] = field(default_factory=tuple)
+    snapshot: bool = False
+    restrict_net: bool = False
+    qmp: Path | None = None
+
+    def argv(self, *, dumpdtb: Path | None = None) -> list[str]:
+        machine = list(MACHINE)
+        if dumpdtb is not None:
+            machine[1] = f"virt,dumpdtb={dumpdtb}"
+        drive = f"if=none,id=hd0,format=raw,file={self.disk},cache=unsafe"
+        if self.snapshot:
+            drive += ",snapshot=on"
+        netdev = "user,id=n0"
+        if self.restrict_net:
+            netdev += ",restrict=on"
+        for fwd in self.forwards:
+            netdev += "," + fwd.arg()
+        return [
+            QEMU,
+            *machine,
+            "-display",
+            "none",
+            "-no-user-config",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-bios",
+            str(self.bios),
+            "-drive",
+            drive,
+            "-device",
+            "virtio-blk-pci,drive=hd0",
+            "-netdev",
+            netdev,
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+            "-device",
+            "virtio-rng-pci",
+            *(["-qmp", f"unix:{self.qmp},server=on,wait=off"] if self.qmp else []),
+            *self.extra,
+        ]
