@@ -296,3 +296,32 @@ def test_keepalive_and_session_timeout(server: ServerThread, tls: ssl.SSLContext
         c.close()
     stops = [e for e in audit(server, "stream.stop") if e["details"]["session"] == c.session]  # type: ignore[index]
     assert [e["details"]["reason"] for e in stops] == ["timeout"]  # type: ignore[index]
+
+
+def test_backchannel_rtp_and_rtcp_from_client(server: ServerThread, tls: ssl.SSLContext) -> None:
+    """Backchannel RTP reaches the sink; the client's RTCP on the odd channel is accepted (a long
+    talk sends many sender reports) while RTP with a foreign payload type is ignored."""
+    import struct
+
+    talk_dir = server.root / "talk"
+    before = set(talk_dir.glob("*.wav")) if talk_dir.exists() else set()
+    c = client(server, tls, "oper")
+    try:
+        hdr = {"Require": "www.onvif.org/ver20/backchannel"}
+        assert c.play("sub", tracks=3, extra=hdr).status == 200
+        for i in range(60):
+            rtp = struct.pack("!BBHII", 0x80, 0, i, i * 160, 0xABCDEF) + b"\x7f" * 160
+            c.send_raw(b"$\x04" + struct.pack("!H", len(rtp)) + rtp)
+            sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, 0xABCDEF, 0, 0, 0, i, i * 160)
+            c.send_raw(b"$\x05" + struct.pack("!H", len(sr)) + sr)
+        c.send_raw(b"$\x04\x00\x0c" + struct.pack("!BBHII", 0x80, 96, 99, 0, 1))  # wrong PT: dropped
+        assert c.request("GET_PARAMETER", f"rtsps://127.0.0.1:{server.port}/sub/").status == 200
+        assert c.request("TEARDOWN", f"rtsps://127.0.0.1:{server.port}/sub/").status == 200
+    finally:
+        c.close()
+    time.sleep(1.0)
+    [wav] = set(talk_dir.glob("*.wav")) - before
+    import wave
+
+    with wave.open(str(wav)) as wf:
+        assert wf.getnframes() >= 50 * 160
