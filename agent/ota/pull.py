@@ -182,6 +182,9 @@ class Puller:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout, connector=PinnedConnector(pin)) as http, \
                 http.get(url, headers=headers, allow_redirects=False) as resp:
+            if resp.status == 416:  # our partial file no longer fits the server's: start over
+                self.discard()
+                raise PullError("range not satisfiable, restarting the download", code="ota.pull_restart")
             append, total = accept_response(resp.status, dict(resp.headers),
                                             have if "Range" in headers else None, self.max_bytes)
             etag = resp.headers.get("ETag")
