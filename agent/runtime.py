@@ -14,6 +14,7 @@ from aiohttp import web
 
 from agent import capabilities as capability_list
 from agent.app import create_app
+from agent.audit.limits import AuditLimits
 from agent.audit.log import AuditLog
 from agent.auth import claim
 from agent.auth.hashing import AsyncHasher
@@ -54,7 +55,11 @@ def build_services(config: AgentConfig) -> Services:
     secret = FileDeviceSecret(state.device_secret_file if otp_path is None else Path(otp_path))
     config = _host_facts(config, state, secret)
     clock = time.time
-    audit = AuditLog(state.audit_dir, secret.derive("audit-mac"), clock=clock)
+    audit_cfg = config.section("audit")
+    audit = AuditLog(state.audit_dir, secret.derive("audit-mac"), clock=clock,
+                     max_segment_bytes=int(audit_cfg.get("max_segment_bytes", 1 << 20)),
+                     max_segments=int(audit_cfg.get("max_segments", 8)),
+                     limits=AuditLimits.from_section(audit_cfg))
     hasher = AsyncHasher(concurrency=config.limits.argon2_concurrency)
     users = UserStore(state, secret, hasher, clock, context_words=(config.device.serial, config.device.model),
                       max_users=config.limits.max_users)

@@ -445,6 +445,10 @@ class ChainVerifier:
 
     def _check_head(self, head: bytes | None) -> int:
         if head is None:
+            if self._genesis_start and self._last_seq == 1:
+                # Crash after the very first record's fsync, before the first head existed: the
+                # same one-record window as a lagging head, not a deletion.
+                return 0
             raise AuditTampered("audit.head_missing", None, "the head pointer is missing")
         if len(head) > self.limits.max_head_bytes:
             raise AuditTampered("audit.head_invalid", None, "head pointer too large")

@@ -58,7 +58,7 @@ def load_keyring(path: Path) -> Keyring:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_KEYRING_BYTES + 1)
     except OSError as exc:
-        raise OtaError(f"cannot read keyring {path}: {exc.strerror}", code="ota.no_keyring") from exc
+        raise OtaError(f"cannot read keyring {path}: {exc.strerror}", code="ota.no_keyring", status=503) from exc
     if len(raw) > MAX_KEYRING_BYTES:
         raise OtaError("keyring too large", code="ota.keyring_invalid")
     try:
@@ -91,7 +91,9 @@ def build_installer(
 
     def keyring() -> Keyring:
         if kr is None:
-            raise OtaError("no OTA keyring configured (ota.keyring or --keyring)", code="ota.no_keyring")
+            # 503: the device cannot take updates until it is configured; not a server fault.
+            raise OtaError("no OTA keyring configured (ota.keyring or --keyring)", code="ota.no_keyring",
+                           status=503)
         return load_keyring(kr)
 
     slots_cfg = section.get("slots", {"type": "file"})

@@ -251,3 +251,14 @@ def test_empty_new_segment_after_crash_is_recreated(tmp_path: Path) -> None:
     open_log(tmp_path).close()
     report = verify_directory(tmp_path, KEY, limits=SMALL)
     assert report.clean and [s.id for s in report.segments][-1] == sid
+
+
+def test_crash_before_the_first_head_is_not_tampering(tmp_path: Path) -> None:
+    open_log(tmp_path).close()  # genesis only
+    (tmp_path / HEAD_FILE).unlink()
+    report = verify_directory(tmp_path, KEY, limits=SMALL)
+    assert report.head_seq == 0 and report.last_seq == 1
+    log = open_log(tmp_path)
+    assert log.open_failure is None
+    log.close()
+    assert verify_directory(tmp_path, KEY, limits=SMALL).head_seq == 1
