@@ -33,6 +33,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
+    "Server": "camera",  # no product/version banner for scanners
 }
 
 

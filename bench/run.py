@@ -17,6 +17,8 @@ SUITES = [
     ("bench.provisioning", "benchmarks-provisioning.md"),
     ("bench.ota", "benchmarks-ota.md"),
     ("bench.boot", "benchmarks-boot.md"),
+    ("bench.media_cpu", "benchmarks-media.md"),
+    ("bench.audit_bench", "benchmarks-audit.md"),
 ]
 
 
@@ -27,7 +29,7 @@ def main(argv: list[str]) -> int:
         name = module.split(".")[1]
         if name not in wanted:
             continue
-        if not (ROOT / "bench" / name / "__main__.py").exists():
+        if not (ROOT / "bench" / name / "__main__.py").exists() and not (ROOT / "bench" / f"{name}.py").exists():
             print(f"== {module}: missing", flush=True)
             failed.append(module)
             continue

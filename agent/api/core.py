@@ -97,12 +97,11 @@ class CoreCapability:
         if wait > 0:
             await svc.audit.record("claim", outcome="denied", source=src, details={"reason": "throttled"})
             raise Throttled(wait)
+        throttle.failure("<claim>", src, now)  # counted before the check, as for logins
         body = await json_body(request)
         try:
             claim.check_code(svc.state, svc.secret, body.get("setup_code"))
         except claim.ClaimError as err:
-            if err.code == "claim.bad_code":
-                throttle.failure("<claim>", src, now)
             await svc.audit.record("claim", outcome="failure", source=src, details={"reason": err.code})
             raise
         username = check_username(body.get("username"))
@@ -129,10 +128,12 @@ class CoreCapability:
             await svc.audit.record("auth.login", outcome="denied", actor=username, source=src,
                                    details={"reason": "throttled", "retry_after_s": round(wait, 1)})
             raise Throttled(wait)
+        # Count the attempt as failed BEFORE the slow Argon2 check: otherwise many parallel
+        # guesses all pass the wait check while the first ones are still being verified.
+        throttle.failure(username, src, svc.clock())
         try:
             user = await svc.users.authenticate(username, password)
         except AuthenticationError:
-            throttle.failure(username, src, svc.clock())
             await svc.audit.record("auth.login", outcome="failure", actor=username, source=src,
                                    details={"reason": "invalid credentials"})
             raise

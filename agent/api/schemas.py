@@ -18,7 +18,7 @@ CLAIM: dict[str, Any] = {
 LOGIN: dict[str, Any] = {
     "type": "object",
     "required": ["username", "password"],
-    "properties": {"username": _STR, "password": _STR},
+    "properties": {"username": {"type": "string", "maxLength": 64}, "password": _STR},
 }
 CHANGE_PASSWORD: dict[str, Any] = {
     "type": "object",

@@ -35,6 +35,7 @@ from bench.api.stats import summary_ms
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_CPU, LOAD_CPU = 0, 1
+IDLE_S = 5.0
 PASSWORD = "bench-only-passphrase-" + os.urandom(6).hex()  # generated per run, never stored
 ARGON2 = "Argon2id m=19 MiB, t=2, p=1 (agent/auth/hashing.py Argon2Params)"
 
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-rate", type=float, default=50.0, help="wrong logins per second")
     parser.add_argument("--only", default="core,audit",
                         help="capabilities to load for the request-rate runs ('' = all registered)")
+    parser.add_argument("--lag-only", default="",
+                        help="capabilities for the event-loop lag runs ('' = all registered, as on a device)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks-api.md")
     args = parser.parse_args(argv)
     for tool in ("wrk", "nginx", "taskset"):
@@ -173,10 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp_name:
         tmp = Path(tmp_name)
+        tmp.chmod(0o711)  # nginx workers (not root) traverse it to reach their prefix
         chain, key, ca = certs.generate().write(tmp)
         state = tmp / "state"
         state.mkdir(mode=0o700)
         agent = AgentProc.start(state, chain, key, args.only or None)
+        rps_caps = agent.capabilities
+        lag_caps: list[str] = []
         nginx_procs: list[Nginx] = []
         try:
             client = Client(f"https://127.0.0.1:{agent.port}", client_context(cafile=ca))
@@ -193,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                             [LOAD_CPU])
                 c = wrk.run(f"https://127.0.0.1:{nauto.port}/api/v1/session", conns, args.seconds, tokens["loadgen"],
                             [LOAD_CPU])
+                for name, res in (("agent", a), ("nginx-1", b), ("nginx-auto", c)):
+                    if res.non_2xx or res.errors:
+                        raise RuntimeError(f"{name} at {conns} connections: {res.non_2xx} non-2xx answers, "
+                                           f"{res.errors} socket errors - the run measured something else")
                 row = RpsRow(conns, a, b, c)
                 rows.append(row)
                 print(row.line(), flush=True)
@@ -202,8 +212,18 @@ def main(argv: list[str] | None = None) -> int:
             logins = asyncio.run(login_latency(client, "timer", PASSWORD, args.logins))
             argon2_ref = argon2_reference()
             print(f"login p50 {logins['p50_ms']:.1f} ms  p99 {logins['p99_ms']:.1f} ms  (n={logins['n']:.0f})")
+            agent.stop()
+            # The lag runs use a second agent with every capability (streaming included), as on a
+            # device: the question is whether the loop that also serves RTSPS stays responsive.
+            state2 = tmp / "state-lag"
+            state2.mkdir(mode=0o700)
+            agent = AgentProc.start(state2, chain, key, args.lag_only or None)
+            lag_caps = agent.capabilities
+            client = Client(f"https://127.0.0.1:{agent.port}", client_context(cafile=ca))
+            tokens = asyncio.run(prepare_accounts(client, state2))
+            time.sleep(8.0)  # let capabilities settle (encoders start)
             agent.command("reset")
-            time.sleep(3.0)
+            time.sleep(IDLE_S)
             idle = agent.command("report")
             floods: list[tuple[FloodResult, dict[str, Any]]] = []
             # One keep-alive connection per source address, then as many as the attacker likes.
@@ -232,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         "wrk": tool_version(["wrk", "--version"]),
         "aiohttp": aiohttp.__version__,
         "openssl": tool_version(["openssl", "version"]),
-        "capabilities": ", ".join(agent.capabilities),
+        "capabilities": ", ".join(rps_caps),
+        "lag_capabilities": ", ".join(lag_caps),
         "argon2": ARGON2,
         "argon2_ref": f"{argon2_ref['p50_ms']:.1f} ms p50 / {argon2_ref['max_ms']:.1f} ms max",
         "seconds": f"{args.seconds:g}",

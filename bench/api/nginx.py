@@ -57,6 +57,12 @@ class Nginx:
         for sub in ("tmp", "www", "logs"):
             (prefix / sub).mkdir(parents=True, exist_ok=True)
         (prefix / "www" / "session.json").write_bytes(body)
+        # Workers run as an unprivileged user: the served file and its directories must be
+        # readable to them (otherwise every answer is a fast 403). The key stays 0600 (read by the
+        # master as root).
+        for path in (prefix, prefix / "www"):
+            path.chmod(0o755)
+        (prefix / "www" / "session.json").chmod(0o644)
         conf = prefix / "nginx.conf"
         conf.write_text(render_conf(prefix, port, chain, key, workers))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
