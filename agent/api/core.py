@@ -104,13 +104,13 @@ class CoreCapability:
         except claim.ClaimError as err:
             await svc.audit.record("claim", outcome="failure", source=src, details={"reason": err.code})
             raise
+        throttle.success("<claim>", src, now)  # the code was right: this caller is not guessing
         username = check_username(body.get("username"))
         password = require_str(body, "password")
         if svc.users.count():
             raise PermissionDenied("device is already claimed", code="claim.already_claimed")
         user = await svc.users.create(username, password, Role.ADMIN)
         claim.mark_claimed(svc.state)
-        throttle.success("<claim>", src, now)
         await svc.audit.record("claim", outcome="success", actor=username, source=src, target=username)
         return web.json_response(_user_json(user.username, user.role), status=201)
 
