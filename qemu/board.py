@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 QEMU = "qemu-system-aarch64"
-MACHINE = ("-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024")
+# acpi=off: with firmware loaded QEMU otherwise models the power button as an ACPI GED device,
+# which a device-tree kernel never sees; without ACPI it is a gpio-keys KEY_POWER on the PL061.
+MACHINE = ("-M", "virt,acpi=off", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class BoardRun:
     def argv(self, *, dumpdtb: Path | None = None) -> list[str]:
         machine = list(MACHINE)
         if dumpdtb is not None:
-            machine[1] = f"virt,dumpdtb={dumpdtb}"
+            machine[1] = f"{MACHINE[1]},dumpdtb={dumpdtb}"
         drive = f"if=none,id=hd0,format=raw,file={self.disk},cache=unsafe"
         if self.snapshot:
             drive += ",snapshot=on"

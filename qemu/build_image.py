@@ -69,6 +69,7 @@ ROOTFS_MODULES = (
     "nft_reject_inet",
     "nf_conntrack",
     "gpio_keys",
+    "evdev",
     "vfat",
     "nls_cp437",
     "nls_ascii",

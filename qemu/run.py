@@ -130,14 +130,19 @@ class Session:
         if self.provision:
             pki = ensure_pki(self.build)
             labels = self.run_dir / "labels"
-            serial = f"QEMU{secrets.token_hex(4).upper()}"
+            # The board reports the serial it derives from its (simulated) OTP; the station must
+            # provision that serial, so take it from the agent's start-up line on the console.
+            serial = guest.wait_for(r"camera-agent: serial ([A-Z0-9]{4,32}),", 120).group(1)
             wait_port(self.factory_port, 120)
-            out = subprocess.run(
+            proc = subprocess.run(
                 [*provision_cli(self.run_dir), "device", "--pki", str(pki), "--db",
                  str(self.run_dir / "factory.db"), "--serial", serial, "--model", MODEL, "--label-dir",
                  str(labels), "--https-port", "443", f"127.0.0.1:{self.factory_port}"],
-                check=True, capture_output=True, text=True, timeout=300,
-            ).stdout
+                check=False, capture_output=True, text=True, timeout=300,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"camera-provision device failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+            out = proc.stdout
             result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
             setup_code = _find_setup_code(result, labels, serial)
             ca_file = pki / "root-ca.pem"

@@ -26,7 +26,7 @@ from qemu.vm import Guest
 ROOT = Path(__file__).resolve().parents[2]
 MARKS = {
     "uboot_start": r"U-Boot 2023\.01",
-    "fit_verified": r"Verifying Hash Integrity \.\.\. sha256\+ OK\n## Loading ramdisk",
+    "fit_verified": r"Verifying Hash Integrity \.\.\. sha256\+ OK\r?\n## Loading ramdisk",
     "kernel_start": r"Starting kernel",
     "handoff": r"camera-bootverify: verified slot",
     "attested": r"camera-bootverify: attestation",

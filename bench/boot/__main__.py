@@ -1,0 +1,7 @@
+"""`python -m bench.boot`: boot-to-agent-ready under TCG, with and without verification."""
+
+import sys
+
+from bench.boot.boot_time import main
+
+sys.exit(main())
