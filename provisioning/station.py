@@ -15,6 +15,7 @@ Pure checks live in ``certs`` and ``agent.factory.protocol``; this module sequen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import secrets
 import ssl
@@ -60,14 +61,31 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-async def _port_closed(host: str, port: int, attempts: int = 50) -> bool:
+async def _port_closed(host: str, port: int, ctx: ssl.SSLContext, attempts: int = 50) -> bool:
+    """True once nothing speaks the factory protocol on ``host:port`` any more.
+
+    A bare TCP connect is not enough: NAT and port forwarding (QEMU's user-mode network, a
+    fixture's proxy) accept the TCP connection themselves and then close it. So the probe is a TLS
+    handshake with the station's own credentials: refused, reset or closed before the server said
+    anything means closed; a completed handshake, or a TLS server that answers at all, means open.
+    """
     for _ in range(attempts):
         try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=ctx, server_hostname=None), 10
+            )
+        except (ConnectionRefusedError, ConnectionResetError, ssl.SSLEOFError, asyncio.IncompleteReadError):
+            return True
+        except ssl.SSLError as exc:
+            if "EOF" in str(exc) or "UNEXPECTED_EOF" in str(exc):
+                return True
+            await asyncio.sleep(0.1)
+            continue
+        except (OSError, TimeoutError):
             return True
         writer.close()
-        await writer.wait_closed()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
         await asyncio.sleep(0.1)
     return False
 
@@ -228,7 +246,7 @@ class Station:
         await self._db(self.repo.set_step, job.serial, "lock_sent", self.name, self._clock())
         await dev.lock(out.certificates["idevid"])
         checkpoint("station.lock_sent")
-        if not await _port_closed(host, port):
+        if not await _port_closed(host, port, self._ssl):
             raise DeviceInvalid("factory port still open after lock", code="provision.lock_not_closed")
         await self._db(self.repo.mark_locked, job.serial, self.name, self._clock())
         await self._db(

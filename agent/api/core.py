@@ -21,6 +21,7 @@ from agent.errors import AgentError, AuthenticationError, NotFound, PermissionDe
 from agent.http.util import client_address, current_session, current_user, json_body, require_str
 from agent.services import Services
 from agent.settings.model import SECTION_ROLES
+from agent.state import read_json
 
 _STARTED = time.monotonic()
 
@@ -43,15 +44,43 @@ class CoreCapability:
 
     def __init__(self, svc: Services) -> None:
         self._svc = svc
+        self._attestation: dict[str, Any] | None = None
 
     async def start(self) -> None:
-        return None
+        # The boot attestation record is written by bootverify in the initramfs (absent in host
+        # mode). It is shown in status and entered into the audit log once per agent start.
+        try:
+            doc = read_json(self._svc.state.attestation_file, max_bytes=64 * 1024)
+        except FileNotFoundError:
+            return
+        except AgentError as err:
+            await self._svc.audit.record("boot.attestation", outcome="failure", details={"reason": err.code})
+            return
+        if not isinstance(doc, dict):
+            await self._svc.audit.record("boot.attestation", outcome="failure", details={"reason": "not an object"})
+            return
+        self._attestation = doc
+        result = str(doc.get("result", "red"))
+        outcome = {"green": "success", "yellow": "info"}.get(result, "failure")
+        keep = ("result", "reasons", "slot", "profile", "fit_configuration", "firmware_version", "security_version",
+                "rootfs_root_hash", "fallback")
+        await self._svc.audit.record("boot.attestation", outcome=outcome, details={k: doc[k] for k in keep if k in doc})
 
     async def stop(self) -> None:
         return None
 
     def status(self) -> dict[str, Any]:
-        return {"users": self._svc.users.count(), "sessions": len(self._svc.sessions.active())}
+        out: dict[str, Any] = {"users": self._svc.users.count(), "sessions": len(self._svc.sessions.active())}
+        warnings = []
+        if self._attestation is not None:
+            out["boot_attestation"] = self._attestation
+            if self._attestation.get("result") != "green":
+                warnings.append(f"boot attestation is {self._attestation.get('result')}: "
+                                f"{', '.join(map(str, self._attestation.get('reasons', [])))}")
+            if self._attestation.get("profile") == "dev":
+                warnings.append("DEV PROFILE: debug console enabled, not for deployment")
+        out["warnings"] = warnings
+        return out
 
     def routes(self) -> Sequence[Route]:
         V, OP, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN

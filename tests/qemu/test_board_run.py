@@ -22,12 +22,6 @@ def _agent_has(capability_module: str) -> bool:
     return capability_module in text
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError, strict=False,
-    reason="camera-provision checks that the factory port closed after lock with a TCP connect; through "
-           "QEMU user-mode hostfwd the host side always accepts (provision.lock_not_closed) - needs a TLS "
-           "handshake probe in provisioning/",
-)
 def test_boot_provision_claim_stream(release_image: dict[str, object], tmp_path: Path) -> None:
     if not _agent_has("agent.factory") or not _agent_has("agent.rtsp"):
         pytest.skip("factory / RTSP capabilities are not registered in agent/capabilities.py yet")
