@@ -7,7 +7,6 @@ from pathlib import Path
 
 from tests.agentharness import audit_records, running_agent
 
-
 Json = dict[str, object]
 
 
