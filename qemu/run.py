@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,11 @@ def claim(https_port: int, ca_file: Path | None, setup_code: str, username: str,
         f"https://127.0.0.1:{https_port}/api/v1/claim", data=body, method="POST",
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, context=ctx, timeout=60) as resp:  # noqa: S310
-        return dict(json.loads(resp.read()))
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=60) as resp:  # noqa: S310
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"claim refused: HTTP {exc.code} {exc.read()[:500]!r}") from exc
 
 
 class Session:
@@ -137,13 +141,13 @@ class Session:
             proc = subprocess.run(
                 [*provision_cli(self.run_dir), "device", "--pki", str(pki), "--db",
                  str(self.run_dir / "factory.db"), "--serial", serial, "--model", MODEL, "--label-dir",
-                 str(labels), "--https-port", "443", f"127.0.0.1:{self.factory_port}"],
+                 str(labels), "--https-port", str(self.https_port), f"127.0.0.1:{self.factory_port}"],
                 check=False, capture_output=True, text=True, timeout=300,
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"camera-provision device failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
             out = proc.stdout
-            result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+            result = json.loads(out) if out.strip() else {}
             setup_code = _find_setup_code(result, labels, serial)
             ca_file = pki / "root-ca.pem"
             username = "admin-" + secrets.token_hex(3)
@@ -193,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _find_setup_code(result: dict[str, Any], labels: Path, serial: str) -> str:
-    for key in ("setup_code", "setup-code"):
-        if isinstance(result.get(key), str):
-            return str(result[key])
-    for path in sorted(labels.glob("*")):
-        if path.suffix == ".json":
+    # The station names the label it just printed; a label left by an earlier run of the same
+    # serial (a re-provisioned board) must not be picked up instead.
+    label = result.get("label")
+    candidates = [Path(label["json"])] if isinstance(label, dict) and "json" in label else [labels / f"{serial}.json"]
+    for path in candidates:
+        if path.exists():
             doc = json.loads(path.read_text())
             if isinstance(doc, dict) and isinstance(doc.get("setup_code"), str):
                 return str(doc["setup_code"])
