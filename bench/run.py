@@ -23,7 +23,9 @@ SUITES = [
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {m.split(".")[1] for m, _ in SUITES}
+    assemble_only = "--assemble-only" in argv
+    argv = [a for a in argv if a != "--assemble-only"]
+    wanted = set() if assemble_only else (set(argv) or {m.split(".")[1] for m, _ in SUITES})
     failed = []
     for module, _doc in SUITES:
         name = module.split(".")[1]
@@ -40,7 +42,8 @@ def main(argv: list[str]) -> int:
         if rc:
             failed.append(module)
     parts = [f"# Benchmarks\n\nAssembled by `make bench` on {dt.date.today().isoformat()} from the per-capability "
-             "results below. Every benchmark runs its named peer in the same run and reports ratios.\n"]
+             "results below (each section names its own run date and machine load). Every benchmark runs its "
+             "named peer in the same run and reports ratios.\n"]
     for _module, doc in SUITES:
         path = ROOT / "docs" / doc
         if path.exists():
