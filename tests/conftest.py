@@ -31,14 +31,11 @@ SMALL_VIDEO = {
 
 def seed_small_settings(state_dir: Path) -> None:
     """Pre-seed settings.json with small streams so full-agent tests stay cheap on 2 cores."""
-    import json
-
     from agent.settings.model import DEFAULTS, merge
     from agent.state import StateDir, atomic_write_json
 
     state = StateDir.open(state_dir)
     atomic_write_json(state.settings_file, merge(DEFAULTS, {"video": SMALL_VIDEO}))
-    json.loads(state.settings_file.read_text())
 
 
 @pytest.fixture
