@@ -24,7 +24,7 @@ _CLASS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class SlotWriter(Protocol):
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | memoryview) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -53,7 +53,7 @@ class _FdWriter:
         self._kicked = 0
         self._truncate = truncate
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._written + len(data) > self._limit:
             raise OtaError("image larger than the slot", code="ota.slot_too_small")
         view = memoryview(data)
