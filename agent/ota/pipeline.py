@@ -18,6 +18,7 @@ byte the image is decoded from (docs/ota.md, "Why no second image hash").
 from __future__ import annotations
 
 import collections
+import itertools
 import queue
 import threading
 
@@ -28,68 +29,82 @@ from bootverify.bundle.verity import BLOCK_SIZE, VerifiedReader
 from bootverify.errors import PayloadError
 
 SPAN_BLOCKS = 256  # 1 MiB: two level-0 hash blocks' worth, large enough to amortise each pread
-BUFFERS = 4  # >= 3: a squashfs block (<= 1 MiB) straddles at most two spans, one more reads ahead
+WORKERS = 2  # verifying is the heavier stage; two hashing threads and the writer share two cores
+BUFFERS_PER_WORKER = 2  # the consumer holds at most two consecutive spans: one per worker
 
 _Span = tuple[int, int, bytearray]  # (first payload byte, length, buffer)
 
 
 class _VerifiedSpans:
-    """Payload bytes ``[start, end)`` in forward order, verified ahead by a worker thread."""
+    """Payload bytes ``[start, end)`` in forward order, verified ahead by worker threads.
 
-    def __init__(self, reader: VerifiedReader, start: int, end: int,
-                 span_blocks: int = SPAN_BLOCKS, buffers: int = BUFFERS) -> None:
+    Span ``i`` (aligned to ``span_blocks``) is verified by worker ``i % workers`` into one of that
+    worker's own buffers, and the consumer takes them round-robin, so spans arrive in order. Own
+    buffers per worker rule out a deadlock: the consumer holds at most two consecutive spans (a
+    squashfs block is at most one span long), i.e. one buffer per worker, and every worker has a
+    second one to read ahead with."""
+
+    def __init__(self, reader: VerifiedReader, start: int, end: int, span_blocks: int = SPAN_BLOCKS,
+                 workers: int = WORKERS, buffers_per_worker: int = BUFFERS_PER_WORKER) -> None:
         self._reader = reader
-        self._first = start // BLOCK_SIZE
-        self._end = -(-end // BLOCK_SIZE)
         self._span_blocks = span_blocks
-        self._free: queue.Queue[bytearray | None] = queue.Queue()
-        for _ in range(buffers):
-            self._free.put(bytearray(span_blocks * BLOCK_SIZE))
-        # Never longer than the pool: every item holds one of its buffers.
-        self._ready: queue.Queue[_Span | BaseException | None] = queue.Queue()
-        self._held: collections.deque[_Span] = collections.deque()
+        first, last = start // BLOCK_SIZE, -(-end // BLOCK_SIZE)
+        bounds = [first, *range((first // span_blocks + 1) * span_blocks, last, span_blocks), last]
+        self._spans = list(itertools.pairwise(bounds))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ota-verify", daemon=True)
-        self._thread.start()
+        self._free: list[queue.Queue[bytearray | None]] = []
+        self._ready: list[queue.Queue[_Span | BaseException]] = []
+        self._threads = []
+        for w in range(min(workers, len(self._spans))):
+            free: queue.Queue[bytearray | None] = queue.Queue()
+            for _ in range(buffers_per_worker):
+                free.put(bytearray(span_blocks * BLOCK_SIZE))
+            self._free.append(free)
+            self._ready.append(queue.Queue())
+            t = threading.Thread(target=self._run, args=(w,), name=f"ota-verify-{w}", daemon=True)
+            self._threads.append(t)
+        self._next_span = 0
+        self._held: collections.deque[tuple[int, int, bytearray, int]] = collections.deque()
+        for t in self._threads:
+            t.start()
 
-    def _run(self) -> None:
+    def _run(self, worker: int) -> None:
+        free, ready = self._free[worker], self._ready[worker]
         try:
-            block = self._first
-            while block < self._end:
-                buf = self._free.get()
+            for first, last in self._spans[worker :: len(self._threads)]:
+                buf = free.get()
                 if buf is None or self._stop.is_set():
                     return
-                # Span ends on a multiple of span_blocks: whole level-0 groups, one compare each.
-                count = min(self._end, (block // self._span_blocks + 1) * self._span_blocks) - block
-                view = memoryview(buf)[: count * BLOCK_SIZE]
-                self._reader.read_blocks_into(block, view)
-                self._ready.put((block * BLOCK_SIZE, count * BLOCK_SIZE, buf))
-                block += count
-            self._ready.put(None)
+                view = memoryview(buf)[: (last - first) * BLOCK_SIZE]
+                self._reader.read_blocks_into(first, view)
+                ready.put((first * BLOCK_SIZE, len(view), buf))
         except BaseException as exc:  # handed to the consumer, raised there in order
-            self._ready.put(exc)
+            ready.put(exc)
 
     def _next(self) -> None:
-        item = self._ready.get()
-        if item is None:
+        if self._next_span >= len(self._spans):
             raise PayloadError("read beyond the image's data blocks", code="bundle.squashfs")
+        worker = self._next_span % len(self._threads)
+        item = self._ready[worker].get()
         if isinstance(item, BaseException):
             raise item
-        self._held.append(item)
+        self._held.append((*item, worker))
+        self._next_span += 1
 
     def get(self, offset: int, length: int) -> bytes | memoryview:
         """Verified bytes; valid until the next call (their buffer may then be reused)."""
         end = offset + length
         while self._held and self._held[0][0] + self._held[0][1] <= offset:
-            self._free.put(self._held.popleft()[2])
+            _first, _size, buf, worker = self._held.popleft()
+            self._free[worker].put(buf)
         while not self._held or self._held[-1][0] + self._held[-1][1] < end:
             self._next()
-        first, size, buf = self._held[0]
+        first, size, buf, _w = self._held[0]
         if first <= offset and end <= first + size:
             return memoryview(buf)[offset - first : end - first]
         # A block across two spans: one small copy (at most one block per span).
         parts = []
-        for first, size, buf in self._held:
+        for first, size, buf, _w in self._held:
             lo, hi = max(offset, first), min(end, first + size)
             if lo < hi:
                 parts.append(memoryview(buf)[lo - first : hi - first])
@@ -97,16 +112,21 @@ class _VerifiedSpans:
 
     def close(self) -> None:
         self._stop.set()
-        self._free.put(None)
-        self._thread.join()
+        for free in self._free:
+            free.put(None)
+        for t in self._threads:
+            t.join()
 
 
-def write_image(bundle: OpenedBundle, entry: ImageEntry, writer: SlotWriter) -> int:
+def write_image(bundle: OpenedBundle, entry: ImageEntry, writer: SlotWriter, *,
+                span_blocks: int = SPAN_BLOCKS, workers: int = WORKERS) -> int:
     """Stream the verified image ``entry`` into ``writer``; returns the bytes written. Raises
     ``BootVerifyError`` for anything that fails verification, ``OSError`` for I/O."""
     fs, inode = bundle.image_file(entry)
     start, length = fs.data_extent(inode)
-    spans = _VerifiedSpans(bundle.reader, start, start + length) if length else None
+    # The no-deadlock argument needs every squashfs block to fit in one span.
+    span_blocks = max(span_blocks, fs.sb.block_size // BLOCK_SIZE)
+    spans = _VerifiedSpans(bundle.reader, start, start + length, span_blocks, workers) if length else None
     written = 0
     try:
         for chunk in fs.iter_file(inode, read=spans.get if spans else None):

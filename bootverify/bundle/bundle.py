@@ -82,6 +82,7 @@ class OpenedBundle:
     layout: Layout
     reader: VerifiedReader
     signature_sha256: str
+    content: bytes  # the signed manifest exactly as signed (resign re-signs these bytes)
 
     def squashfs(self) -> SquashFs:
         return SquashFs(self.reader.read, self.layout.payload_size)
@@ -123,7 +124,8 @@ def open_bundle(pread: Pread, size: int, keyring: Keyring, now: dt.datetime,
     root, salt, _ = require_verity(manifest)
     reader = VerifiedReader(pread, data_offset=0, data_size=layout.payload_size, tree_offset=layout.tree_offset,
                             root_hash=root, salt=salt, pread_into=pread_into)
-    return OpenedBundle(manifest, verified.signers, verified.crls, layout, reader, hashlib.sha256(der).hexdigest())
+    return OpenedBundle(manifest, verified.signers, verified.crls, layout, reader, hashlib.sha256(der).hexdigest(),
+                        verified.content)
 
 
 def verify_whole_payload(bundle: OpenedBundle) -> int:

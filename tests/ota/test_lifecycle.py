@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agent.ota import pipeline
 from agent.ota.errors import MarkGoodRefused, OtaRefused
 from agent.ota.slots import FileSlots, SlotWriter
 from bootverify.bundle.bundle import open_bundle
@@ -103,7 +104,7 @@ class _SwapOnFirstWrite:
         class W:
             first = True
 
-            def write(self, data: bytes) -> None:
+            def write(self, data: bytes | memoryview) -> None:
                 if self.first:
                     self.first = False
                     outer.swap()
@@ -130,8 +131,11 @@ class _SwapOnFirstWrite:
 
 @pytest.mark.parametrize("mode", ["in-place", "rename"])
 def test_bundle_swapped_during_install(tmp_path: Path, pki: Pki, keyring: Path, mode: str) -> None:
-    image = make_image(tmp_path / "img", 3 * 1024 * 1024, seed=11)
-    evil_image = make_image(tmp_path / "evil", 3 * 1024 * 1024, seed=12)
+    # The installer verifies at most WORKERS * BUFFERS_PER_WORKER spans ahead of the first write:
+    # the payload must be larger than that for the in-place swap to hit bytes not read yet.
+    ahead = pipeline.WORKERS * pipeline.BUFFERS_PER_WORKER * pipeline.SPAN_BLOCKS * 4096
+    image = make_image(tmp_path / "img", 3 * ahead, seed=11)
+    evil_image = make_image(tmp_path / "evil", 3 * ahead, seed=12)
     good = bundle(pki, tmp_path / "good.raucb", image)
     # A different, validly signed bundle of the same size: only the payload bytes differ.
     other = bundle(pki, tmp_path / "other.raucb", evil_image)
