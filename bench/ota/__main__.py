@@ -230,9 +230,10 @@ def main(argv: list[str]) -> int:
     for r in results:
         lines.append(f"| {r['size_mib']} MiB | {r['sig_inprocess_ms']:.2f} ms | {r['cli_info_ms']:.0f} ms | "
                      f"{r['rauc_info_ms']:.0f} ms |")
-    lines += ["", "Load average is the machine's (2 cores shared with other engineers' tests and benchmarks):",
-              "the installer needs about 3x dd's CPU (SHA-256 of every bundle block, squashfs parsing), so",
-              "on a loaded machine its ratio drops further than dd's. See docs/ota.md section 8.", ""]
+    lines += ["", "Load average is the machine's (2 cores shared with other engineers' tests and benchmarks).",
+              "The installer needs more CPU than dd (SHA-256 of every bundle block, squashfs parsing; see the",
+              "CPU columns), so on a loaded machine its ratio drops further than dd's and varies from run to",
+              "run (each run's ratio is listed). See docs/ota.md section 8.", ""]
     (ROOT / "docs" / "benchmarks-ota.md").write_text("\n".join(lines) + "\n")
     return 0
 
