@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bootverify.bundle.bundle import OpenedBundle, open_bundle
+from bootverify.bundle.bundle import OpenedBundle, open_bundle, verify_whole_payload
 from bootverify.bundle.cms import Keyring
-from bootverify.errors import SignatureError
+from bootverify.errors import SignatureError, VerityError
 from bootverify.fsutil import atomic_replace
 from bootverify.release.builder import resign_bundle
 from bootverify.release.pki import Pki
@@ -19,7 +19,10 @@ from tests.ota.otakit import bundle, now, signer_of
 
 
 def _opened(path: Path, keyring: Path) -> tuple[bytes, OpenedBundle]:
-    data = path.read_bytes()
+    return _opened_bytes(path.read_bytes(), keyring)
+
+
+def _opened_bytes(data: bytes, keyring: Path) -> tuple[bytes, OpenedBundle]:
     b = open_bundle(lambda off, n: data[off : off + n], len(data), Keyring.from_pem(keyring.read_bytes()), now())
     return data, b
 
@@ -59,3 +62,13 @@ def test_atomic_replace_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
     with atomic_replace(target, 0o600) as fh:
         fh.write(b"new")
     assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_verify_whole_payload_checks_every_block(good_bundle: Path, keyring: Path) -> None:
+    data, b = _opened(good_bundle, keyring)
+    assert verify_whole_payload(b) == b.layout.payload_size // 4096
+    last = bytearray(data)
+    last[b.layout.payload_size - 1] ^= 1  # the very last payload byte (zero padding counts too)
+    _, bad = _opened_bytes(bytes(last), keyring)
+    with pytest.raises(VerityError):
+        verify_whole_payload(bad)
