@@ -8,8 +8,9 @@ Steps (each audited as ``firmware.<step>``):
    ``firmware.rollback_blocked``);
 3. boot state: the target slot is taken out of BOOT_ORDER (one atomic write) BEFORE a byte of it
    changes, so a power cut during the write can never boot a half-written slot;
-4. stream: every block is checked against the signed verity tree as it is read from the bundle and
-   only then written; memory is one squashfs block plus a small hash-block cache;
+4. stream (``agent.ota.pipeline``): every block is checked against the signed verity tree as it is
+   read from the bundle and only then written; memory is a few 1 MiB buffers plus a small
+   hash-block cache;
 5. record the slot's metadata, then ONE atomic write of the boot state: target first with N
    attempts. Mark-good (``confirm``) later raises the rollback index.
 Every refusal reaches the caller as ``OtaRefused`` ("update refused"); the reason is audited.
@@ -20,11 +21,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import os
-import queue
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +35,10 @@ from agent.ota import bootchooser as bc
 from agent.ota.antirollback import RollbackIndexStore
 from agent.ota.bootchooser import BootChooser, BootState
 from agent.ota.errors import MarkGoodRefused, OtaBusy, OtaError, OtaRefused, OtaStateError
-from agent.ota.slots import BootedSlotSource, SlotStore, SlotWriter
+from agent.ota.pipeline import write_image
+from agent.ota.slots import BootedSlotSource, SlotStore
 from agent.state import atomic_write, atomic_write_json, ensure_dir, read_json
-from bootverify.bundle.bundle import BundleLimits, OpenedBundle, check_image_digest, open_bundle
+from bootverify.bundle.bundle import BundleLimits, OpenedBundle, open_bundle
 from bootverify.bundle.cms import Keyring, select_crls
 from bootverify.bundle.manifest import ImageEntry
 from bootverify.errors import BootVerifyError
@@ -70,45 +69,6 @@ class InstallResult:
     security_version: int
     bundle_sha256: str
     bytes_written: int
-
-
-class _WritePipe:
-    """Writes (and hashes, for the manifest's sha256) in a second thread while the caller verifies
-    the next blocks: hashlib and os.write release the GIL, so both cores work. Bounded queue: at
-    most ``depth`` squashfs blocks in flight."""
-
-    def __init__(self, writer: SlotWriter, depth: int = 8) -> None:
-        self._writer = writer
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._hash = hashlib.sha256()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ota-write", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            chunk = self._q.get()
-            if chunk is None:
-                return
-            if self._error is not None:
-                continue
-            try:
-                self._hash.update(chunk)
-                self._writer.write(chunk)
-            except BaseException as exc:
-                self._error = exc
-
-    def put(self, chunk: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._q.put(chunk)
-
-    def close(self) -> str:
-        self._q.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._hash.hexdigest()
 
 
 class OtaState:
@@ -245,10 +205,13 @@ class Installer:
         def pread(offset: int, length: int) -> bytes:
             return os.pread(fd, length, offset)
 
+        def pread_into(buf: memoryview, offset: int) -> int:
+            return os.preadv(fd, [buf], offset)
+
         keyring = self._keyring()
         keyring = Keyring(keyring.roots, (*keyring.crls, *self.state.known_crls()))
         try:
-            bundle = open_bundle(pread, size, keyring, self._now(), self.policy.limits)
+            bundle = open_bundle(pread, size, keyring, self._now(), self.policy.limits, pread_into=pread_into)
         except BootVerifyError as exc:
             raise self._refuse("verify", exc.code, exc.message) from exc
         m = bundle.manifest
@@ -298,23 +261,15 @@ class Installer:
 
     def _write_image(self, bundle: OpenedBundle, entry: ImageEntry, target: str) -> int:
         assert entry.size is not None
-        written = 0
         writer = self.slots.open_for_write(target, entry.size, entry.slotclass)
-        pipe = _WritePipe(writer)
         try:
-            try:
-                for chunk in bundle.iter_image(entry, check_digest=False):
-                    pipe.put(chunk)
-                    written += len(chunk)
-            finally:
-                digest = pipe.close()
-            check_image_digest(entry, digest)
+            written = write_image(bundle, entry, writer)
             writer.finish()
         except BootVerifyError as exc:
             writer.abort()
             self.state.update_slot(target, {"state": "bad", "reason": exc.code})
             raise self._refuse("write", exc.code, exc.message,
-                               {"slot": target, "image": entry.slotclass, "bytes": written}) from exc
+                               {"slot": target, "image": entry.slotclass}) from exc
         except OSError as exc:
             writer.abort()
             self.state.update_slot(target, {"state": "bad", "reason": "ota.write_failed"})

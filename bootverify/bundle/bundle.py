@@ -20,8 +20,8 @@ from cryptography import x509
 
 from bootverify.bundle.cms import MAX_SIGNATURE_BYTES, Keyring, SignerInfo, verify_signed_content
 from bootverify.bundle.manifest import ImageEntry, Manifest, parse_manifest, require_verity
-from bootverify.bundle.squashfs import SquashFs
-from bootverify.bundle.verity import BLOCK_SIZE, Pread, VerifiedReader, tree_size
+from bootverify.bundle.squashfs import FileInode, SquashFs
+from bootverify.bundle.verity import BLOCK_SIZE, Pread, PreadInto, VerifiedReader, tree_size
 from bootverify.errors import BundleFormatError, PayloadError
 
 TRAILER = 8
@@ -82,17 +82,23 @@ class OpenedBundle:
     layout: Layout
     reader: VerifiedReader
     signature_sha256: str
+    content: bytes  # the signed manifest exactly as signed (resign re-signs these bytes)
 
     def squashfs(self) -> SquashFs:
         return SquashFs(self.reader.read, self.layout.payload_size)
 
-    def iter_image(self, entry: ImageEntry, *, check_digest: bool = True) -> Iterator[bytes]:
-        """Verified image bytes in order; the manifest's size and (unless the caller hashes the
-        chunks itself, see ``check_image_digest``) sha256 are checked at the end."""
+    def image_file(self, entry: ImageEntry) -> tuple[SquashFs, FileInode]:
+        """The squashfs and the image's inode, its size checked against the manifest."""
         fs = self.squashfs()
         inode = fs.lookup(entry.filename)
         if entry.size is not None and inode.file_size != entry.size:
             raise PayloadError("image size differs from the manifest", code="bundle.image_size")
+        return fs, inode
+
+    def iter_image(self, entry: ImageEntry, *, check_digest: bool = True) -> Iterator[bytes | memoryview]:
+        """Verified image bytes in order; the manifest's size and (unless ``check_digest`` is
+        off, see docs/ota.md on why the installer may skip it) sha256 are checked at the end."""
+        fs, inode = self.image_file(entry)
         h = hashlib.sha256() if check_digest else None
         for chunk in fs.iter_file(inode):
             if h is not None:
@@ -108,7 +114,7 @@ def check_image_digest(entry: ImageEntry, hexdigest: str) -> None:
 
 
 def open_bundle(pread: Pread, size: int, keyring: Keyring, now: dt.datetime,
-                limits: BundleLimits | None = None) -> OpenedBundle:
+                limits: BundleLimits | None = None, *, pread_into: PreadInto | None = None) -> OpenedBundle:
     limits = limits or BundleLimits()
     der, sig_offset = read_signature(pread, size, limits)
     verified = verify_signed_content(der, keyring, now, min_signers=limits.min_signers,
@@ -117,13 +123,16 @@ def open_bundle(pread: Pread, size: int, keyring: Keyring, now: dt.datetime,
     layout = layout_for(manifest, size, sig_offset)
     root, salt, _ = require_verity(manifest)
     reader = VerifiedReader(pread, data_offset=0, data_size=layout.payload_size, tree_offset=layout.tree_offset,
-                            root_hash=root, salt=salt)
-    return OpenedBundle(manifest, verified.signers, verified.crls, layout, reader, hashlib.sha256(der).hexdigest())
+                            root_hash=root, salt=salt, pread_into=pread_into)
+    return OpenedBundle(manifest, verified.signers, verified.crls, layout, reader, hashlib.sha256(der).hexdigest(),
+                        verified.content)
 
 
 def verify_whole_payload(bundle: OpenedBundle) -> int:
     """Check every payload block (``verify``/``info``); returns the number of blocks."""
     blocks = bundle.layout.payload_size // BLOCK_SIZE
-    for i in range(blocks):
-        bundle.reader.read_block(i)
+    span = 256  # 1 MiB per read, one buffer for the whole payload
+    buf = memoryview(bytearray(span * BLOCK_SIZE))
+    for first in range(0, blocks, span):
+        bundle.reader.read_blocks_into(first, buf[: min(span, blocks - first) * BLOCK_SIZE])
     return blocks

@@ -13,8 +13,11 @@ dependency of python-pkcs11) and every cryptographic check with cryptography:
   (that is how a release ships a newer CRL). A CRL counts only if its issuer's key verifies it and
   it is inside its validity window; the newest (highest CRL number) per issuer wins.
 
-Everything is a pure function of (bytes, trust anchors, time). All signers must verify (RAUC does
-the same); ``min_signers`` lets a device demand k distinct signers (k-of-n release signing).
+Everything is a pure function of (bytes, trust anchors, time). Signer count: with the default
+``min_signers=1`` exactly one signer, as rauc 1.8 ("Unsupported number of signers"), so the set of
+bundles a device accepts is the set RAUC accepts; ``min_signers=k >= 2`` (k-of-n release signing,
+our extension) accepts up to ``MAX_SIGNERS`` signers, every one must verify and at least k must
+be distinct keys (docs/ota.md, "Multi-signer bundles").
 """
 
 from __future__ import annotations
@@ -282,6 +285,10 @@ def verify_signed_content(
         raise _fail(f"CMS does not parse: {exc}", "bundle.signature_syntax") from exc
     if not 1 <= len(signer_infos) <= MAX_SIGNERS or len(cert_ders) > MAX_CERTS or len(crl_ders) > MAX_CERTS:
         raise _fail("unexpected number of signers, certificates or CRLs", "bundle.signature_syntax")
+    if min_signers <= 1 and len(signer_infos) != 1:
+        # Before any chain is built: a device not configured for k-of-n does what rauc 1.8 does.
+        raise _fail(f"{len(signer_infos)} signers; only k-of-n devices (min_signers >= 2) accept more than one",
+                    "bundle.signer_count")
     try:
         certs = [x509.load_der_x509_certificate(d) for d in cert_ders]
         shipped_crls = [x509.load_der_x509_crl(d) for d in crl_ders]

@@ -28,14 +28,18 @@ INVALID_FRAG = 0xFFFFFFFF
 DATA_UNCOMPRESSED = 1 << 24
 _SUPER = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")
 
+# Data blocks may come back as memoryviews into a verified buffer (the installer's zero-copy path).
 ReadFn = Callable[[int, int], bytes]
+DataReadFn = Callable[[int, int], "bytes | memoryview"]
+# Sparse blocks (stored size 0) are slices of this, not a new allocation per block.
+_ZEROS = memoryview(bytes(MAX_BLOCK_SIZE))
 
 
 def _err(msg: str, code: str = "bundle.squashfs") -> PayloadError:
     return PayloadError(msg, code=code)
 
 
-def _decompress(compression: int, data: bytes, limit: int) -> bytes:
+def _decompress(compression: int, data: bytes | memoryview, limit: int) -> bytes:
     try:
         if compression == 1:
             d = zlib.decompressobj()
@@ -196,24 +200,37 @@ class SquashFs:
         start, size, _unused = struct.unpack("<QII", raw)
         return start, size
 
-    def _data_block(self, pos: int, entry: int, expect: int) -> tuple[bytes, int]:
+    def _data_block(self, pos: int, entry: int, expect: int,
+                    read: DataReadFn | None = None) -> tuple[bytes | memoryview, int]:
         on_disk = entry & ~DATA_UNCOMPRESSED & 0xFFFFFFFF
         if on_disk == 0:
-            return b"\0" * expect, pos
+            return _ZEROS[:expect], pos
         if on_disk > self.sb.block_size or pos + on_disk > self.sb.bytes_used:
             raise _err("data block outside the filesystem or too large")
-        raw = self._read(pos, on_disk)
+        raw = (read or self._read)(pos, on_disk)
         data = raw if entry & DATA_UNCOMPRESSED else _decompress(self.sb.compression, raw, self.sb.block_size)
         return data, pos + on_disk
 
-    def iter_file(self, inode: FileInode) -> Iterator[bytes]:
-        """The file's bytes, one squashfs block at a time (memory: one block)."""
+    def data_extent(self, inode: FileInode) -> tuple[int, int]:
+        """(offset, length) of the file's full data blocks in the payload: one contiguous range
+        that a sequential reader can verify ahead (the tail fragment lies elsewhere)."""
+        length = sum(e & ~DATA_UNCOMPRESSED & 0xFFFFFFFF for e in inode.block_sizes)
+        if inode.blocks_start + length > self.sb.bytes_used:
+            raise _err("data blocks outside the filesystem")
+        return inode.blocks_start, length
+
+    def iter_file(self, inode: FileInode, read: DataReadFn | None = None) -> Iterator[bytes | memoryview]:
+        """The file's bytes, one squashfs block at a time (memory: one block).
+
+        ``read`` serves the full data blocks in order (see ``data_extent``); everything else,
+        including the tail fragment, goes through the reader given to the constructor. A chunk is
+        only valid until the next one is requested (it may be a view into a reused buffer)."""
         bs = self.sb.block_size
         pos = inode.blocks_start
         produced = 0
         for entry in inode.block_sizes:
             expect = min(bs, inode.file_size - produced)
-            data, pos = self._data_block(pos, entry, expect)
+            data, pos = self._data_block(pos, entry, expect, read)
             data = data[:expect]
             if len(data) != expect:
                 raise _err("data block shorter than the file claims")

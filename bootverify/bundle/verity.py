@@ -8,13 +8,15 @@ and ``root = sha256(salt || top block)``.
 ``VerifiedReader`` is the TOCTOU defence: it hands out only bytes it has just checked against the
 signed root, through hash blocks it has checked too, and it reads every byte from the untrusted
 file exactly once per use, so replacing the file during an install cannot get an unverified byte
-through. I/O is a ``pread(offset, length) -> bytes`` callable, so the core stays pure.
+through. I/O is a ``pread(offset, length) -> bytes`` callable (and optionally a
+``pread_into(buffer, offset) -> int`` one for the installer's zero-copy path), so the core stays pure.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ HASHES_PER_BLOCK = BLOCK_SIZE // DIGEST_SIZE
 SALT_SIZE = 32
 
 Pread = Callable[[int, int], bytes]
+# Fills the buffer from the offset (like os.preadv(fd, [buf], offset)); returns the bytes read.
+PreadInto = Callable[[memoryview, int], int]
 
 
 def level_block_counts(data_blocks: int) -> list[int]:
@@ -137,12 +141,14 @@ class VerifiedReader:
         root_hash: bytes,
         salt: bytes,
         cache_blocks: int = 64,
+        pread_into: PreadInto | None = None,
     ) -> None:
         if data_size <= 0 or data_size % BLOCK_SIZE:
             raise BundleFormatError("verity data size is not a multiple of 4096", code="bundle.verity_align")
         if len(root_hash) != DIGEST_SIZE or len(salt) != SALT_SIZE:
             raise BundleFormatError("verity root hash or salt has the wrong size", code="bundle.verity_params")
         self._pread = pread
+        self._pread_into = pread_into
         self._data_offset = data_offset
         self.data_size = data_size
         self._tree_offset = tree_offset
@@ -155,6 +161,9 @@ class VerifiedReader:
         self._cache_max = max(cache_blocks, len(self._counts) + 1)
         self._last: tuple[int, bytes] | None = None
         self._salted = hashlib.sha256(salt)
+        # The installer verifies spans in a worker thread while the main thread may read squashfs
+        # metadata: the hash-block cache and the counter are shared.
+        self._lock = threading.RLock()
         self.blocks_verified = 0
 
     def _read_exact(self, offset: int, length: int) -> bytes:
@@ -164,6 +173,10 @@ class VerifiedReader:
         return data
 
     def _hash_block(self, level: int, index: int) -> bytes:
+        with self._lock:
+            return self._hash_block_locked(level, index)
+
+    def _hash_block_locked(self, level: int, index: int) -> bytes:
         key = (level, index)
         cached = self._cache.get(key)
         if cached is not None:
@@ -173,7 +186,7 @@ class VerifiedReader:
         if level == len(self._counts) - 1:
             expected = self._root
         else:
-            parent = self._hash_block(level + 1, index // HASHES_PER_BLOCK)
+            parent = self._hash_block_locked(level + 1, index // HASHES_PER_BLOCK)
             slot = (index % HASHES_PER_BLOCK) * DIGEST_SIZE
             expected = parent[slot : slot + DIGEST_SIZE]
         if not hmac.compare_digest(_digest(self._salt, raw), expected):
@@ -204,43 +217,67 @@ class VerifiedReader:
         h.update(raw)
         if not hmac.compare_digest(h.digest(), expected):
             raise VerityError(f"payload block {index} does not match the signed verity tree")
-        self.blocks_verified += 1
+        with self._lock:
+            self.blocks_verified += 1
 
-    def _read_span(self, first: int, last: int) -> bytes:
-        """Blocks ``first..last`` with ONE pread, each verified before any of them is returned.
+    def _verify_blocks(self, first: int, view: memoryview) -> None:
+        """Check whole blocks ``first..`` held in ``view`` against the tree; raise on any mismatch.
 
         Digests are compared per level-0 hash block (one compare for up to 128 blocks) to keep the
         per-block Python work small; a mismatch is then located for the error message."""
-        raw = self._read_exact(self._data_offset + first * BLOCK_SIZE, (last - first + 1) * BLOCK_SIZE)
+        last = first + len(view) // BLOCK_SIZE - 1
         if not self._counts:
             for i in range(first, last + 1):
                 off = (i - first) * BLOCK_SIZE
-                self._check(i, raw[off : off + BLOCK_SIZE])
-        else:
-            view = memoryview(raw)
-            salted = self._salted
-            i = first
-            while i <= last:
-                group = i // HASHES_PER_BLOCK
-                end = min(last, (group + 1) * HASHES_PER_BLOCK - 1)
-                parent = self._hash_block(0, group)
-                digests = []
+                self._check(i, view[off : off + BLOCK_SIZE])
+            return
+        salted = self._salted
+        i = first
+        while i <= last:
+            group = i // HASHES_PER_BLOCK
+            end = min(last, (group + 1) * HASHES_PER_BLOCK - 1)
+            parent = self._hash_block(0, group)
+            digests = []
+            for off in range((i - first) * BLOCK_SIZE, (end - first + 1) * BLOCK_SIZE, BLOCK_SIZE):
+                h = salted.copy()
+                h.update(view[off : off + BLOCK_SIZE])
+                digests.append(h.digest())
+            lo = (i % HASHES_PER_BLOCK) * DIGEST_SIZE
+            hi = (end % HASHES_PER_BLOCK + 1) * DIGEST_SIZE
+            if not hmac.compare_digest(b"".join(digests), parent[lo:hi]):
                 for j in range(i, end + 1):
-                    h = salted.copy()
                     off = (j - first) * BLOCK_SIZE
-                    h.update(view[off : off + BLOCK_SIZE])
-                    digests.append(h.digest())
-                lo = (i % HASHES_PER_BLOCK) * DIGEST_SIZE
-                hi = (end % HASHES_PER_BLOCK + 1) * DIGEST_SIZE
-                if not hmac.compare_digest(b"".join(digests), parent[lo:hi]):
-                    for j in range(i, end + 1):
-                        off = (j - first) * BLOCK_SIZE
-                        self._check(j, view[off : off + BLOCK_SIZE])
-                    raise VerityError("payload span does not match the signed verity tree")
+                    self._check(j, view[off : off + BLOCK_SIZE])
+                raise VerityError("payload span does not match the signed verity tree")
+            with self._lock:
                 self.blocks_verified += end - i + 1
-                i = end + 1
+            i = end + 1
+
+    def _read_span(self, first: int, last: int) -> bytes:
+        """Blocks ``first..last`` with ONE pread, each verified before any of them is returned."""
+        raw = self._read_exact(self._data_offset + first * BLOCK_SIZE, (last - first + 1) * BLOCK_SIZE)
+        self._verify_blocks(first, memoryview(raw))
         self._last = (last, raw[-BLOCK_SIZE:])
         return raw
+
+    def read_blocks_into(self, first: int, buf: memoryview) -> None:
+        """Fill ``buf`` (whole blocks) with payload blocks ``first..`` read ONCE from the file, and
+        verify them. The bytes are only trustworthy if this returns; the caller owns ``buf``, so
+        nobody can change them between the check and their use (TOCTOU)."""
+        count, rest = divmod(len(buf), BLOCK_SIZE)
+        if rest or count == 0 or first < 0 or first + count > self._blocks:
+            raise BundleFormatError("read outside the verity-protected payload", code="bundle.out_of_range")
+        offset = self._data_offset + first * BLOCK_SIZE
+        if self._pread_into is None:
+            buf[:] = self._read_exact(offset, len(buf))
+        else:
+            got = 0
+            while got < len(buf):
+                n = self._pread_into(buf[got:], offset + got)
+                if n <= 0:
+                    raise VerityError("bundle shrank while it was read", code="bundle.truncated_during_read")
+                got += n
+        self._verify_blocks(first, buf)
 
     def read(self, offset: int, length: int) -> bytes:
         """Verified bytes ``[offset, offset+length)`` of the protected data."""

@@ -18,18 +18,21 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography import x509
 
-from bootverify.bundle.bundle import BundleLimits, open_bundle, read_signature
-from bootverify.bundle.cms import Keyring, Signer, sign_content, verify_signed_content
-from bootverify.bundle.manifest import META_SECTION, ImageEntry, Manifest, parse_manifest, render_manifest
+from bootverify.bundle.bundle import open_bundle
+from bootverify.bundle.cms import Keyring, Signer, sign_content
+from bootverify.bundle.manifest import META_SECTION, ImageEntry, Manifest, render_manifest
 from bootverify.bundle.verity import BLOCK_SIZE, SALT_SIZE, TreeBuilder
 from bootverify.errors import ReleaseError
+from bootverify.fsutil import atomic_replace
 
 CHUNK = 1024 * 1024
 MIN_PAYLOAD_BLOCKS = 2
 MKSQUASHFS_ARGS = ("-all-root", "-noappend", "-no-progress", "-no-xattrs")
+BUNDLE_MODE = 0o644  # bundles are public artefacts
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
@@ -91,78 +94,56 @@ def build_bundle(
         return _assemble(out, payload, manifest, signers, now, crls)
 
 
+def _append_signature(dst: BinaryIO, der: bytes) -> None:
+    dst.write(der)
+    dst.write(len(der).to_bytes(8, "big"))
+
+
 def _assemble(out: Path, payload: Path, manifest: Manifest, signers: Sequence[Signer], now: dt.datetime,
               crls: Sequence[x509.CertificateRevocationList]) -> Manifest:
     salt = secrets.token_bytes(SALT_SIZE)
     builder = TreeBuilder(salt)
     blocks = 0
-    tmp_out = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(payload, "rb") as src, open(tmp_out, "wb") as dst:
-            while block := src.read(BLOCK_SIZE):
-                if len(block) < BLOCK_SIZE:
-                    block += b"\0" * (BLOCK_SIZE - len(block))
-                builder.add_block(block)
-                dst.write(block)
-                blocks += 1
-            # RAUC refuses payloads of 4096 bytes or less (and their tree would be empty).
-            while blocks < MIN_PAYLOAD_BLOCKS:
-                builder.add_block(bytes(BLOCK_SIZE))
-                dst.write(bytes(BLOCK_SIZE))
-                blocks += 1
-            tree = builder.finish()
-            dst.write(tree.tree)
-            signed = replace(manifest, verity_hash=tree.root_hash.hex(), verity_salt=salt.hex(),
-                             verity_size=len(tree.tree))
-            der = sign_content(render_manifest(signed), signers, signing_time=now, crls=crls)
-            dst.write(der)
-            dst.write(len(der).to_bytes(8, "big"))
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.chmod(tmp_out, 0o644)
-        os.replace(tmp_out, out)
-    except BaseException:
-        tmp_out.unlink(missing_ok=True)
-        raise
+    with open(payload, "rb") as src, atomic_replace(out, BUNDLE_MODE) as dst:
+        while block := src.read(BLOCK_SIZE):
+            if len(block) < BLOCK_SIZE:
+                block += b"\0" * (BLOCK_SIZE - len(block))
+            builder.add_block(block)
+            dst.write(block)
+            blocks += 1
+        # RAUC refuses payloads of 4096 bytes or less (and their tree would be empty).
+        while blocks < MIN_PAYLOAD_BLOCKS:
+            builder.add_block(bytes(BLOCK_SIZE))
+            dst.write(bytes(BLOCK_SIZE))
+            blocks += 1
+        tree = builder.finish()
+        dst.write(tree.tree)
+        signed = replace(manifest, verity_hash=tree.root_hash.hex(), verity_salt=salt.hex(),
+                         verity_size=len(tree.tree))
+        _append_signature(dst, sign_content(render_manifest(signed), signers, signing_time=now, crls=crls))
     return signed
 
 
 def resign_bundle(src: Path, out: Path, *, keyring: Keyring, signers: Sequence[Signer], now: dt.datetime,
                   crls: Sequence[x509.CertificateRevocationList] = ()) -> Manifest:
-    """New signature over the same manifest (e.g. after a signing-certificate rotation).
+    """New signature over the same manifest bytes (e.g. after a signing-certificate rotation).
 
-    The old signature must verify against ``keyring`` first: resign never launders a bundle.
+    The old signature must verify against ``keyring`` first (one ``open_bundle``: chain, CRL,
+    manifest, layout): resign never launders a bundle. Payload and tree are copied unchanged; the
+    verity root inside the re-signed manifest still covers every payload byte.
     """
-    size = src.stat().st_size
     with open(src, "rb") as fh:
-        def pread(offset: int, length: int) -> bytes:
-            fh.seek(offset)
-            return fh.read(length)
-
-        limits = BundleLimits()
-        der, sig_offset = read_signature(pread, size, limits)
-        verified = verify_signed_content(der, keyring, now)
-        manifest = parse_manifest(verified.content)
-        open_bundle(pread, size, keyring, now)  # layout checks
-        new_der = sign_content(verified.content, signers, signing_time=now, crls=crls)
-        tmp_out = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            with open(tmp_out, "wb") as dst:
-                fh.seek(0)
-                remaining = sig_offset
-                while remaining:
-                    chunk = fh.read(min(CHUNK, remaining))
-                    if not chunk:
-                        raise ReleaseError("bundle shrank while re-signing", code="release.io")
-                    dst.write(chunk)
-                    remaining -= len(chunk)
-                dst.write(new_der)
-                dst.write(len(new_der).to_bytes(8, "big"))
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.chmod(tmp_out, 0o644)
-            os.replace(tmp_out, out)
-        except BaseException:
-            tmp_out.unlink(missing_ok=True)
-            raise
-    return manifest
+        fd = fh.fileno()
+        bundle = open_bundle(lambda offset, length: os.pread(fd, length, offset), os.fstat(fd).st_size,
+                             keyring, now)
+        new_der = sign_content(bundle.content, signers, signing_time=now, crls=crls)
+        with atomic_replace(out, BUNDLE_MODE) as dst:
+            remaining = bundle.layout.signature_offset
+            while remaining:
+                chunk = os.pread(fd, min(CHUNK, remaining), bundle.layout.signature_offset - remaining)
+                if not chunk:
+                    raise ReleaseError("bundle shrank while re-signing", code="release.io")
+                dst.write(chunk)
+                remaining -= len(chunk)
+            _append_signature(dst, new_der)
+    return bundle.manifest

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,30 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bootverify.errors import ReleaseError
+from bootverify.fsutil import atomic_write
 
 ROOT_DAYS = 20 * 365
 SIGNING_DAYS = 2 * 365
 CRL_DAYS = 90
-
-
-def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Atomic replace (temp, fsync, rename, fsync dir); bootverify must not import agent.state."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -137,9 +117,10 @@ class Pki:
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA384())
         )
-        _write(pki.root_key_file, _key_pem(key))
-        _write(pki.root_cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-        _write(pki.index_file, json.dumps({"issued": [], "revoked": [], "crl_number": 0, "current": None}).encode())
+        atomic_write(pki.root_key_file, _key_pem(key))
+        atomic_write(pki.root_cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        index = {"issued": [], "revoked": [], "crl_number": 0, "current": None}
+        atomic_write(pki.index_file, json.dumps(index).encode())
         pki.issue_signing(now=now, days=signing_days)
         pki.write_crl(now=now)
         return pki
@@ -168,12 +149,12 @@ class Pki:
         )
         cert_file, key_file = self.signing_files(serial)
         if key is not None:
-            _write(key_file, _key_pem(key))
-        _write(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            atomic_write(key_file, _key_pem(key))
+        atomic_write(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         index = self._index()
         index["issued"].append(f"{serial:x}")
         index["current"] = f"{serial:x}"
-        _write(self.index_file, json.dumps(index).encode())
+        atomic_write(self.index_file, json.dumps(index).encode())
         return serial
 
     def revoke(self, serial: int, *, now: dt.datetime) -> None:
@@ -184,7 +165,7 @@ class Pki:
             index["revoked"].append(f"{serial:x}")
         if index.get("current") == f"{serial:x}":
             index["current"] = None
-        _write(self.index_file, json.dumps(index).encode())
+        atomic_write(self.index_file, json.dumps(index).encode())
         self.write_crl(now=now)
 
     def write_crl(self, *, now: dt.datetime, days: int = CRL_DAYS) -> x509.CertificateRevocationList:
@@ -204,6 +185,6 @@ class Pki:
                 x509.RevokedCertificateBuilder().serial_number(int(serial_hex, 16))
                 .revocation_date(now - dt.timedelta(minutes=5)).build())
         crl = builder.sign(root_key, hashes.SHA384())
-        _write(self.crl_file, crl.public_bytes(serialization.Encoding.PEM), 0o644)
-        _write(self.index_file, json.dumps(index).encode())
+        atomic_write(self.crl_file, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(self.index_file, json.dumps(index).encode())
         return crl

@@ -296,7 +296,10 @@ async def test_auto_mark_good_and_fallback_at_start(tmp_path: Path, pki: Pki, ke
         await asyncio.to_thread(inst.simulate_boot)  # "reboot" into B
         await cap.stop()
         await cap.start()  # the agent starting on B: health check, then mark-good
-        for _ in range(100):
+        # Polls end as soon as the state is reached. 20 s, not 5: the health check is a TLS
+        # handshake, and the test failed once at load average 8-9 with the 5 s window (which
+        # assertion was not recorded; not reproduced in five reruns).
+        for _ in range(400):
             st = await asyncio.to_thread(inst.status)
             if st["slots"]["B"]["state"] == "good":
                 break
@@ -312,7 +315,7 @@ async def test_auto_mark_good_and_fallback_at_start(tmp_path: Path, pki: Pki, ke
             await asyncio.to_thread(inst.simulate_boot)
         await cap.stop()
         await cap.start()
-        for _ in range(100):
+        for _ in range(400):
             st = await asyncio.to_thread(inst.status)
             if st["slots"]["A"]["state"] == "bad":
                 break

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from agent.ota.errors import OtaRefused
-from bootverify.bundle.cms import file_signer, sign_content
+from bootverify.bundle.cms import Keyring, file_signer, sign_content
 from bootverify.bundle.manifest import parse_manifest, render_manifest
+from bootverify.release.builder import resign_bundle
 from bootverify.release.pki import Pki
 from bootverify.release.signers import load_file_signer
 from tests.ota.otakit import bundle, make_device, now, sha
@@ -111,6 +112,18 @@ def revoked_signer(ctx: Ctx) -> Path:
 def root_signs_directly(ctx: Ctx) -> Path:
     cert, key = ctx.pki.root()
     return bundle(ctx.pki, ctx.tmp / "rootsig.raucb", ctx.image, signer=file_signer(cert, key))
+
+
+def two_valid_signers(ctx: Ctx) -> Path:
+    """Both signatures valid under the device's root; a device not set up for k-of-n refuses the
+    bundle as rauc 1.8 does (docs/ota.md, "Multi-signer bundles")."""
+    p = _pki_copy(ctx, "pki-two")
+    first = load_file_signer(*p.current_signing())
+    p.issue_signing(now=now())
+    out = ctx.tmp / "two.raucb"
+    resign_bundle(ctx.good, out, keyring=Keyring.from_pem(ctx.pki.root_cert_file.read_bytes()),
+                  signers=[first, load_file_signer(*p.current_signing())], now=now())
+    return out
 
 
 def wrong_model(ctx: Ctx) -> Path:
@@ -209,6 +222,7 @@ ATTACKS: list[tuple[str, Callable[[Ctx], Path], set[str]]] = [
     ("signing certificate not yet valid", not_yet_valid_signer, {"bundle.signer_expired"}),
     ("revoked signing certificate", revoked_signer, {"bundle.signer_revoked"}),
     ("root CA key signs the bundle", root_signs_directly, {"bundle.signer_purpose"}),
+    ("two valid signers, device not k-of-n", two_valid_signers, {"bundle.signer_count"}),
     ("wrong model series", wrong_model, {"ota.incompatible"}),
     ("older security version", older_security_version, {"ota.rollback_blocked"}),
     ("older version, newer security version", older_version, {"ota.version_downgrade"}),

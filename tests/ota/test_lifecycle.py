@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agent.ota import pipeline
 from agent.ota.errors import MarkGoodRefused, OtaRefused
 from agent.ota.slots import FileSlots, SlotWriter
 from bootverify.bundle.bundle import open_bundle
@@ -103,7 +104,7 @@ class _SwapOnFirstWrite:
         class W:
             first = True
 
-            def write(self, data: bytes) -> None:
+            def write(self, data: bytes | memoryview) -> None:
                 if self.first:
                     self.first = False
                     outer.swap()
@@ -128,18 +129,30 @@ class _SwapOnFirstWrite:
             os.replace(tmp, self._bundle)
 
 
-@pytest.mark.parametrize("mode", ["in-place", "rename"])
-def test_bundle_swapped_during_install(tmp_path: Path, pki: Pki, keyring: Path, mode: str) -> None:
-    image = make_image(tmp_path / "img", 3 * 1024 * 1024, seed=11)
-    evil_image = make_image(tmp_path / "evil", 3 * 1024 * 1024, seed=12)
-    good = bundle(pki, tmp_path / "good.raucb", image)
+@pytest.fixture(scope="module")
+def swap_case(tmp_path_factory: pytest.TempPathFactory, pki: Pki, keyring: Path) -> tuple[bytes, bytes, bytes, bytes]:
+    """(image, evil image, good bundle, good bundle with the evil payload): built once for both modes."""
+    tmp = tmp_path_factory.mktemp("swap")
+    # The installer verifies at most WORKERS * BUFFERS_PER_WORKER spans ahead of the first write:
+    # the payload must be larger than that for the in-place swap to hit bytes not read yet.
+    ahead = pipeline.WORKERS * pipeline.BUFFERS_PER_WORKER * pipeline.SPAN_BLOCKS * 4096
+    image = make_image(tmp / "img", 3 * ahead, seed=11)
+    evil_image = make_image(tmp / "evil", 3 * ahead, seed=12)
     # A different, validly signed bundle of the same size: only the payload bytes differ.
-    other = bundle(pki, tmp_path / "other.raucb", evil_image)
+    g = bundle(pki, tmp / "good.raucb", image).read_bytes()
+    o = bundle(pki, tmp / "other.raucb", evil_image).read_bytes()
     # Keep the good bundle's signature and tree: a pure payload swap.
-    g, o = good.read_bytes(), other.read_bytes()
     payload = open_bundle(lambda off, n: g[off : off + n], len(g), Keyring.from_pem(keyring.read_bytes()),
                           now()).layout.payload_size
-    replacement = o[:payload] + g[payload:]
+    return image.read_bytes(), evil_image.read_bytes(), g, o[:payload] + g[payload:]
+
+
+@pytest.mark.parametrize("mode", ["in-place", "rename"])
+def test_bundle_swapped_during_install(tmp_path: Path, keyring: Path, mode: str,
+                                       swap_case: tuple[bytes, bytes, bytes, bytes]) -> None:
+    image, evil_image, good_bytes, replacement = swap_case
+    good = tmp_path / "good.raucb"
+    good.write_bytes(good_bytes)
     dev = make_device(tmp_path / "state", keyring)
     dev.installer.slots = _SwapOnFirstWrite(FileSlots(dev.state.ota_dir), good, mode, replacement)
     a_before = sha(dev.slot_a)
@@ -151,8 +164,8 @@ def test_bundle_swapped_during_install(tmp_path: Path, pki: Pki, keyring: Path, 
     else:
         # The installer holds the original file open: the renamed-over file is never read.
         dev.installer.install(good)
-        assert dev.slot_b.read_bytes() == image.read_bytes()
-    assert evil_image.read_bytes()[4096:8192] not in (dev.slot_b.read_bytes() if dev.slot_b.exists() else b"")
+        assert dev.slot_b.read_bytes() == image
+    assert evil_image[4096:8192] not in (dev.slot_b.read_bytes() if dev.slot_b.exists() else b"")
     assert sha(dev.slot_a) == a_before
 
 

@@ -74,6 +74,10 @@ def test_k_of_n_signers(tmp_path: Path, pki: Pki, keyring: Path, image: Path) ->
     kr = Keyring.from_pem(keyring.read_bytes())
     der2 = sign_content(b"[update]\ncompatible=x\n", signers, signing_time=now())  # type: ignore[arg-type]
     assert len(verify_signed_content(der2, kr, now(), min_signers=2).signers) == 2
+    # Without k-of-n: exactly one signer, as rauc 1.8 (the device table has the install-level row).
+    with pytest.raises(SignatureError) as info:
+        verify_signed_content(der2, kr, now())
+    assert info.value.code == "bundle.signer_count"
     der1 = sign_content(b"[update]\ncompatible=x\n", signers[:1], signing_time=now())  # type: ignore[arg-type]
     with pytest.raises(SignatureError) as info:
         verify_signed_content(der1, kr, now(), min_signers=2)

@@ -1,0 +1,46 @@
+"""Crash-safe file replacement for bootverify (which must not import ``agent``).
+
+``atomic_replace`` yields a temp file next to the target, created with the final mode (never more
+open, even briefly); on a clean exit it is flushed, fsynced, renamed over the target and the
+directory fsynced, so a crash leaves the old or the new file, never a mix. On an exception the
+temp file is removed and the target is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_replace(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not change what the caller asked for
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    with atomic_replace(path, mode) as fh:
+        fh.write(data)
