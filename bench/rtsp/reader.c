@@ -94,7 +94,7 @@ static SSL_CTX *g_ctx;
 static uint64_t lat_hist[LAT_BUCKETS + 1];
 static uint64_t lat_count;
 static int lat_negative;
-static char errs[5][160];
+static char errs[5][160], close_reason[160];
 static int nerr, playing_or_failed, inflight;
 static int raw_mode;
 
@@ -592,6 +592,9 @@ static void on_event(struct conn *c, uint32_t events) {
             int e = SSL_get_error(c->ssl, n);
             if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
             if (c->st == ST_PLAYING) {
+                if (!close_reason[0])
+                    snprintf(close_reason, sizeof close_reason, "ssl error %d, errno %d, after %.1fs", e, errno,
+                             mono() - c->started);
                 c->st = ST_CLOSED;
                 epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
                 close(c->fd);
@@ -708,11 +711,11 @@ int main(int argc, char **argv) {
     printf("{\"connections\": %d, \"playing_at_end\": %d, \"closed\": %d, \"error_count\": %d, \"errors\": [",
            playing + closed, playing, closed, nerr);
     for (int i = 0; i < nerr && i < 5; i++) printf("%s\"%s\"", i ? ", " : "", errs[i]);
-    printf("], \"bytes\": %llu, \"window_bytes\": %llu, \"window_s\": %.3f, \"video_packets\": %llu, "
+    printf("], \"close_reason\": \"%s\", \"bytes\": %llu, \"window_bytes\": %llu, \"window_s\": %.3f, \"video_packets\": %llu, "
            "\"audio_packets\": %llu, \"frames\": %llu, \"gaps\": %llu, \"ts_backwards\": %llu, "
            "\"latency_samples\": %llu, \"latency_negative\": %d, \"latency_p50_ms\": %.1f, \"latency_p99_ms\": %.1f, "
            "\"ttff\": [",
-           (unsigned long long)bytes, (unsigned long long)(bytes - base_bytes), elapsed, (unsigned long long)vp,
+           close_reason, (unsigned long long)bytes, (unsigned long long)(bytes - base_bytes), elapsed, (unsigned long long)vp,
            (unsigned long long)ap, (unsigned long long)frames, (unsigned long long)gaps,
            (unsigned long long)ts_back, (unsigned long long)lat_count, lat_negative, pct_hist(0.5), pct_hist(0.99));
     for (int i = 0; i < nttff; i++) printf("%s%.4f", i ? ", " : "", ttff[i]);
