@@ -111,9 +111,9 @@ def run(kind: str, n: int, window: float, media: Path, cert: Path, key: Path, re
         connected = rd.stdout.readline().strip() == "connected"
         ramp = time.monotonic() - ramp0
         time.sleep(1.0)
-        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        c0, r0, t0 = cpu_seconds(proc.pid), cpu_seconds(rd.pid), time.monotonic()
         time.sleep(window)
-        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        c1, r1, t1 = cpu_seconds(proc.pid), cpu_seconds(rd.pid), time.monotonic()
         out, _ = rd.communicate(timeout=120)
         lines = out.strip().splitlines()
         ok = connected and rd.returncode == 0 and lines and lines[-1].startswith("{")
@@ -143,7 +143,7 @@ def run(kind: str, n: int, window: float, media: Path, cert: Path, key: Path, re
         "ramp_s": round(ramp, 1), "load_1min": round((load0 + os.getloadavg()[0]) / 2, 1),
         "cpu_s": round(c1 - c0, 3), "window_s": round(t1 - t0, 2),
         "cpu_ms_per_client_min": round((c1 - c0) / max(playing, 1) / minutes * 1000, 1),
-        "server_cores": round((c1 - c0) / (t1 - t0), 3),
+        "server_cores": round((c1 - c0) / (t1 - t0), 3), "reader_cores": round((r1 - r0) / (t1 - t0), 3),
         "mbit_per_client": round(res["window_bytes"] / res["window_s"] * 8 / max(playing, 1) / 1e6, 2),
         "gaps": res["gaps"], "ts_backwards": res["ts_backwards"], "frames": res["frames"],
         "ttff_p50_ms": pct(ttff, 0.5), "ttff_p95_ms": pct(ttff, 0.95),
@@ -174,7 +174,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", default="10,50,100,200,300,500")
     ap.add_argument("--window", type=float, default=20.0, help="seconds measured per point")
-    ap.add_argument("--seconds", type=int, default=60, help="length of the encoded input")
+    # gst-rtsp-server plays the file once (ours and the floor loop it): long enough for its slowest
+    # ramp (about 100 s for 500 clients here) plus the window
+    ap.add_argument("--seconds", type=int, default=150, help="length of the encoded input")
     ap.add_argument("--rate", type=float, default=50.0, help="reader connects per second (staggered)")
     ap.add_argument("--servers", default="ours,gst,floor")
     ap.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "benchmarks-rtsp.json"))

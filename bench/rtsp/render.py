@@ -10,6 +10,7 @@ from typing import Any
 COLUMNS = [("server", "server"), ("clients", "N"), ("connected", "playing"), ("closed", "cut off"),
            ("gaps", "lost pkts"), ("ts_backwards", "ts back"),
            ("cpu_ms_per_client_min", "CPU ms/client-min"), ("server_cores", "server cores"),
+           ("reader_cores", "reader cores"),
            ("mbit_per_client", "Mbit/s/client"), ("ttff_p50_ms", "TTFF p50 ms"), ("ttff_p95_ms", "TTFF p95 ms"),
            ("latency_p50_ms", "latency p50 ms"), ("latency_p99_ms", "latency p99 ms"), ("load_1min", "load")]
 
