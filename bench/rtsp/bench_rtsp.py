@@ -98,6 +98,22 @@ def build_reader(out_dir: Path) -> Path:
     return exe
 
 
+def sample_decode(kind: str, port: int, seconds: float = 3.0) -> str:
+    """A real decoder samples one more session after the window (its CPU is not in the
+    measurement): FFmpeg over rtsps:// decodes video and audio for a few seconds and counts the
+    frames it decoded, and any decoder error shows here."""
+    cred = f"{USER}:{PASSWORD}@" if kind == "ours" else ""
+    try:
+        r = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-rtsp_transport", "tcp", "-i",
+                            f"rtsps://{cred}127.0.0.1:{port}/main", "-t", str(seconds), "-map", "0", "-f", "framecrc",
+                            "-"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"ffmpeg failed: {exc.__class__.__name__}"
+    rows = [ln.split(",")[0].strip() for ln in r.stdout.splitlines() if ln and not ln.startswith("#")]
+    errors = len(r.stderr.strip().splitlines())
+    return f"{rows.count('0')} video + {rows.count('1')} audio frames, {errors} error lines, exit {r.returncode}"
+
+
 def run(kind: str, n: int, window: float, media: Path, cert: Path, key: Path, reader: Path,
         rate: float) -> dict[str, object]:
     proc, port, cafile = start(kind, media, cert, key)
@@ -114,6 +130,7 @@ def run(kind: str, n: int, window: float, media: Path, cert: Path, key: Path, re
         c0, r0, t0 = cpu_seconds(proc.pid), cpu_seconds(rd.pid), time.monotonic()
         time.sleep(window)
         c1, r1, t1 = cpu_seconds(proc.pid), cpu_seconds(rd.pid), time.monotonic()
+        decoded = sample_decode(kind, port) if kind != "floor" else None
         out, _ = rd.communicate(timeout=120)
         lines = out.strip().splitlines()
         ok = connected and rd.returncode == 0 and lines and lines[-1].startswith("{")
@@ -139,6 +156,7 @@ def run(kind: str, n: int, window: float, media: Path, cert: Path, key: Path, re
         res.update(gaps=None, ts_backwards=None, latency_samples=0)
     return {
         "server": kind, "clients": n, "connected": playing, "playing_at_end": res["playing_at_end"],
+        "ffmpeg_sample": decoded,
         "errors": res["error_count"], "error_samples": res["errors"], "closed": res["closed"],
         "ramp_s": round(ramp, 1), "load_1min": round((load0 + os.getloadavg()[0]) / 2, 1),
         "cpu_s": round(c1 - c0, 3), "window_s": round(t1 - t0, 2),
