@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import av
@@ -169,7 +170,12 @@ class _Sink:
         elif a is not None and a.codec != "aac":
             audio = AudioDescription(codec=a.codec, sample_rate=a.sample_rate, channels=1)
         video = VideoDescription(codec=self._cfg.video.codec, width=width, height=height, fps=fps)
-        self._p.hub.configure(video, audio)
+        current = self._p.hub.describe()
+        known = current.video
+        if known is None or replace(known, vps=b"", sps=b"", pps=b"") != video or current.audio != audio:
+            # a new generation makes every RTSP client DESCRIBE again; a file's next loop pass or
+            # an upstream that says what the pipeline already announced must not cut them off
+            self._p.hub.configure(video, audio)
         self._ps_prefix = b""
         if video_extradata and is_annexb(video_extradata):
             ps = parameter_sets(self._cfg.video.codec, video_extradata)

@@ -3,6 +3,14 @@
 Serves a pre-encoded QuickTime file (H.264 + PCMU) as one shared media over TLS, TCP interleaved only,
 anonymous (role "anonymous" may access/construct). NOTES.md section 3 recipe.
 
+Why it "stalled at N = 50" in earlier runs: the readers sent ``PLAY`` with ``Range: npt=0-``. A
+file-backed shared media is seekable, so gst-rtsp-server answered every such PLAY with a flushing
+seek of the shared pipeline - restarting the stream for every client already watching (the sequence
+gaps seen at N = 10) and, under load, deadlocking the PLAY (``gst_rtsp_stream_set_blocked`` waits on
+the stream lock held by the TCP send path waiting for backlog room). A live camera is not seekable
+and the reader now sends PLAY without Range; with that the peer no longer deadlocks (how far it
+goes: docs/benchmarks-rtsp.md).
+
     /usr/bin/python3 gst_server.py FILE PORT CERT KEY
 """
 

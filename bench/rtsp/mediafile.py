@@ -10,7 +10,8 @@ from pathlib import Path
 import av
 
 from agent.media.annexb import avcc_to_annexb, is_annexb
-from agent.rtsp.rtp import TrackPacketizer, interleave
+from agent.media.frames import AudioDescription, EncodedFrame, StreamDescription, VideoDescription
+from agent.rtsp.fanout import StreamFeed
 
 
 def make_file(path: Path, seconds: int, *, size: tuple[int, int] = (1920, 1080), fps: int = 30,
@@ -49,13 +50,33 @@ def make_file(path: Path, seconds: int, *, size: tuple[int, int] = (1920, 1080),
     return path
 
 
+class _Recorder:
+    """A client of the fan-out that records what it is written (and is never slow)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.writes: list[tuple[float, bytes]] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append((self.now, data))
+
+    def buffered(self) -> int:
+        return 0
+
+    def abort(self, reason: str) -> None:
+        raise AssertionError(reason)
+
+
 def write_schedule(path: Path, mtu: int = 1400) -> list[tuple[float, bytes]]:
-    """(time, bytes) of every frame as our server writes it: RTP-packetized, interleaved, one
-    buffer per frame - the input of the TLS floor measurement."""
-    video = TrackPacketizer("h264", 96, 90000, mtu)
-    audio = TrackPacketizer("pcmu", 0, 8000, mtu)
-    out: list[tuple[float, bytes]] = []
+    """(time, bytes) of every write our server makes to one client for this file: the fan-out
+    itself (``StreamFeed``: packetization, audio coalesced with the next video frame, RTCP SRs)
+    fed the file's packets - the input of the TLS floor measurement, same sizes, same pacing."""
     with av.open(str(path)) as c:
+        vs, aus = c.streams.video[0], c.streams.audio[0]
+        desc = StreamDescription("main", VideoDescription("h264", vs.codec_context.width, vs.codec_context.height,
+                                                          float(vs.average_rate or 30)),
+                                 AudioDescription("pcmu", aus.codec_context.sample_rate, 1))
+        frames = []
         for pkt in c.demux():
             if pkt.size == 0 or pkt.pts is None or pkt.time_base is None:
                 continue
@@ -64,12 +85,17 @@ def write_schedule(path: Path, mtu: int = 1400) -> list[tuple[float, bytes]]:
             if pkt.stream.type == "video":
                 if not is_annexb(data):
                     data = avcc_to_annexb(data)
-                packets = video.packetize(data, round(t * 90000), t)
-                ch = 0
+                frames.append(EncodedFrame("main", "video", "h264", data, round(t * 90000), 90000,
+                                           bool(pkt.is_keyframe), t))
             else:
-                packets = audio.packetize(data, round(t * 8000), t)
-                ch = 2
-            out.append((t, b"".join(interleave(ch, p) for _, p in packets)))
-    out.sort(key=lambda x: x[0])
-    t0 = out[0][0]
-    return [(t - t0, d) for t, d in out]
+                rate = aus.codec_context.sample_rate
+                frames.append(EncodedFrame("main", "audio", "pcmu", data, round(t * rate), rate, True, t))
+    frames.sort(key=lambda f: f.wallclock)
+    feed = StreamFeed(desc, mtu=mtu, max_gop_bytes=64 << 20, rtcp_interval_s=5.0, cname="floor")
+    rec = _Recorder()
+    feed.attach(rec, frozenset(t.index for t in feed.tracks), limit=1 << 30, drop_after_s=1.0)
+    t0 = frames[0].wallclock
+    for f in frames:
+        rec.now = f.wallclock - t0
+        feed.publish(f, rec.now)
+    return rec.writes

@@ -58,12 +58,16 @@ async def test_file_loop_remuxes_without_reencode(tmp_path: Path, ffmpeg: str, c
     src = make_source(cfg)
     assert isinstance(src, DemuxSource)
     p = StreamPipeline(hub, cfg, FAST, source_factory=lambda c: src)
+    generations: list[int] = []
+    hub.on_description(lambda d: generations.append(d.generation))
     p.start()
     try:
         frames = await _collect(hub, 40)  # > 15 frames in the file: it must loop
     finally:
         await asyncio.to_thread(p.stop)
     assert src.remuxed_video and src.remuxed_audio
+    # the loop passes keep the description's generation: RTSP clients stay connected
+    assert len(set(generations)) <= 2, generations  # pipeline start, then the file's real size at most
     video = [f for f in frames if f.kind == "video"]
     # the file's own packets, in Annex B with SPS/PPS in front of each keyframe (from avcC)
     with av.open(str(path)) as c:

@@ -77,27 +77,57 @@ def test_sdp_has_rfc_parameters(aus: list[bytes]) -> None:
     assert text.rstrip().endswith("a=control:trackID=2\r\na=sendonly")
 
 
-def test_all_clients_share_one_buffer_and_start_on_keyframe(aus: list[bytes]) -> None:
+def _seqs(chunks: list[bytes], channel: int) -> list[int]:
+    return [struct.unpack("!H", p[2:4])[0] for c in chunks for ch, p in split_interleaved(c) if ch == channel]
+
+
+def test_all_clients_share_one_write_per_frame_and_start_on_keyframe(aus: list[bytes]) -> None:
     feed = make_feed(aus)
     fs = frames(aus)
-    for f in fs[:6]:  # frames 0..2 (keyframe 0) with audio
+    for f in fs[:6]:  # frames 0..2 (keyframe 0) with audio; the last audio frame is held
         feed.publish(f, 0.0)
-    a, b = Writer(), Writer()
+    a, a2, b = Writer(), Writer(), Writer()
     starts = feed.starts({0, 1})
     sa = feed.attach(a, frozenset({0, 1}), limit=1 << 20, drop_after_s=5)
+    feed.attach(a2, frozenset({0, 1}), limit=1 << 20, drop_after_s=5)
     feed.attach(b, frozenset({0}), limit=1 << 20, drop_after_s=5)
     # GOP start: first packet is the keyframe's, and RTP-Info names exactly that packet
     first = split_interleaved(a.chunks[0])
     assert first[0][0] == 0
     seq, ts = struct.unpack("!HI", first[0][1][2:8])
     assert (starts[0].seq, starts[0].rtp_ts) == (seq, ts)
-    for f in fs[6:]:
-        feed.publish(f, 0.5)
-    live_a, live_b = a.chunks[1:], b.chunks[1:]
-    video_a = [c for c in live_a if split_interleaved(c)[0][0] == 0]
-    assert len(video_a) == len(live_b)
-    assert all(x is y for x, y in zip(video_a, live_b, strict=True))  # the same object, not a copy
+    writes0 = feed.writes
+    for i, f in enumerate(fs[6:]):
+        feed.publish(f, 0.5 + i // 2 / 30)
+    live_a, live_a2, live_b = a.chunks[1:], a2.chunks[1:], b.chunks[1:]
+    # one write per video frame per client, the held audio in front of the video
+    n_video = len(fs[6:]) // 2
+    assert len(live_a) == len(live_b) == n_video == feed.writes - writes0
+    assert all(split_interleaved(w)[0][0] == 2 for w in live_a)
+    assert all(x is y for x, y in zip(live_a, live_a2, strict=True))  # the same object, not a copy
+    assert all({ch for ch, _ in split_interleaved(w)} <= {0, 1} for w in live_b)
+    assert all(x.endswith(y) for x, y in zip(live_a, live_b, strict=True))
+    # nothing twice, nothing lost: both tracks' sequence numbers run on from the GOP start
+    for channel in (0, 2):
+        got = _seqs(a.chunks, channel)
+        assert got == [(got[0] + k) & 0xFFFF for k in range(len(got))]
+    assert len(_seqs(a.chunks, 2)) == len(fs) // 2 - 1  # the last audio frame is still held
     assert sa.bytes_sent == sum(len(c) for c in a.chunks)
+
+
+def test_held_audio_waits_at_most_one_frame_interval(aus: list[bytes]) -> None:
+    feed = make_feed(aus)
+    fs = frames(aus)
+    feed.publish(fs[0], 0.0)
+    w = Writer()
+    feed.attach(w, frozenset({0, 1}), limit=1 << 20, drop_after_s=5)
+    audio = [f for f in fs if f.kind == "audio"]
+    feed.publish(audio[0], 1.0)
+    feed.publish(audio[1], 1.02)
+    assert len(w.chunks) == 1  # held: within one frame interval (1/30 s) of the first held one
+    feed.publish(audio[2], 1.04)  # video stalled: the audio goes out on its own
+    got = _seqs(w.chunks[1:], 2)
+    assert len(w.chunks) == 2 and got == [(got[0] + k) & 0xFFFF for k in range(3)]
 
 
 def test_slow_client_skips_to_keyframe_then_is_dropped(aus: list[bytes]) -> None:
