@@ -332,7 +332,7 @@ async def test_auto_mark_good_and_fallback_at_start(tmp_path: Path, pki: Pki, ke
 async def test_good_slot_counter_restored_each_boot(tmp_path: Path, keyring: Path) -> None:
     """Without an update, every boot still costs the running slot one U-Boot attempt; the agent
     gives it back after the health check, or a camera would fall back after N plain reboots."""
-    async with ota_agent(tmp_path / "state", keyring, confirm_delay_s=0.1) as (agent, cap):
+    async with ota_agent(tmp_path / "state", keyring, confirm_delay_s=0.1) as (_agent, cap):
         inst = cap.installer
         for _ in range(5):
             await cap.stop()
