@@ -144,14 +144,15 @@ def test_update_boots_new_slot_confirms_and_raises_counter(
     assert att["rootfs_root_hash"] != release_image["root_hash"]
     assert att["firmware_sha256"] == updates["good"]["fit_sha256"]
 
-    st = _poll(api, lambda s: s["slots"]["B"].get("state") == "good", "slot B not confirmed")
-    assert st["last_result"]["outcome"] == "confirmed"
+    # The result is the confirmation's last write (after the counter and the slot record).
+    st = _poll(api, lambda s: (s["last_result"] or {}).get("outcome") == "confirmed", "slot B not confirmed")
+    assert st["slots"]["B"]["state"] == "good" and st["last_result"]["slot"] == "B"
     assert st["booted"] == "B" and st["boot_order"][0] == "B" and st["attempts_left"]["B"] == 3
     assert st["rollback_index"] == 2 and st["running_version"] == "1.1.0"
 
     # The factory bundle (1.0.0, security version 1) is validly signed but now too old.
     status, res = api.upload(Path(str(release_image["bundle"])))
-    assert status == 400 and res["code"] == "ota.refused", res
+    assert status == 400 and res["error"]["code"] == "ota.refused", res
     audit = api.get("/api/v1/audit")
     blocked = [r for r in audit if r["event"] == "firmware.rollback_blocked"]
     assert blocked and blocked[-1]["outcome"] == "denied"
@@ -164,6 +165,7 @@ def test_unhealthy_update_falls_back_after_three_attempts(
     session, api = board
     st = api.get("/api/v1/firmware")
     good, target = st["booted"], "A" if st["booted"] == "B" else "B"
+    index, running = st["rollback_index"], st["running_version"]
     status, res = api.upload(Path(str(updates["broken"]["bundle"])))
     assert status == 200 and res["slot"] == target, res
 
@@ -179,8 +181,8 @@ def test_unhealthy_update_falls_back_after_three_attempts(
     api.login()
     st = _poll(api, lambda s: s["slots"][target].get("state") == "bad", "fallback not recorded")
     assert st["booted"] == good and st["slots"][target]["state"] == "bad", st
-    assert st["boot_order"] == [good] and st["rollback_index"] == 2
-    assert st["running_version"] == "1.1.0"
+    assert st["boot_order"] == [good] and st["rollback_index"] == index  # never raised by the failed slot
+    assert st["running_version"] == running
     fallback = [r for r in api.get("/api/v1/audit") if r["event"] == "firmware.fallback"]
     assert fallback and fallback[-1]["details"]["failed_slot"] == target
     assert fallback[-1]["details"]["booted"] == good and fallback[-1]["details"]["version"] == "1.2.0"
