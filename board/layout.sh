@@ -9,7 +9,7 @@
 # Partition sizes (MiB) can be overridden with FIT_MB, ROOTFS_MB, DATA_MB, ENV_MB.
 set -eu
 DISK=$1; FIT_A=$2; FIT_B=$3; ROOT_A=$4; ROOT_B=$5
-ENV_MB=${ENV_MB:-8}; FIT_MB=${FIT_MB:-32}; ROOTFS_MB=${ROOTFS_MB:-320}; DATA_MB=${DATA_MB:-128}
+ENV_MB=${ENV_MB:-8}; FIT_MB=${FIT_MB:-32}; ROOTFS_MB=${ROOTFS_MB:-320}; DATA_MB=${DATA_MB:-512}
 for f in "$FIT_A" "$FIT_B"; do
     [ "$(stat -c %s "$f")" -le $((FIT_MB * 1048576)) ] || { echo "$f larger than ${FIT_MB} MiB" >&2; exit 1; }
 done

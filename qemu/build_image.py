@@ -22,8 +22,9 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from qemu.board import BoardRun
 
@@ -89,6 +90,11 @@ ROOTFS_APPLETS = (
     "test", "[", "printf", "chown", "touch", "mv", "df", "free", "top", "netstat", "vi", "less",
 )
 DEV_ONLY_APPLETS = ("vi", "less", "top", "wget", "nc")
+# The agent's device.model on the board (agent.config.DeviceFacts); bundles must name it.
+OTA_COMPATIBLE = "RC-1000"
+# Seconds a freshly installed slot has, from the start of camera-init, to pass the agent's health
+# check and be confirmed; then camera-init reboots and U-Boot counts the attempt.
+CONFIRM_DEADLINE_S = 180
 
 
 def log(msg: str) -> None:
@@ -237,18 +243,54 @@ def busybox_links(tree: Path, applets: Iterable[str]) -> None:
             os.symlink("/bin/busybox", link)
 
 
+def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge of JSON objects (``extra`` wins)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
 class Builder:
+    """One image: ``variant`` names the output directory (default: the profile), so an update image
+    (another version / security version) is built next to the factory image and reuses every
+    stamp that does not depend on the version (U-Boot, debs, wheels, boot stage, keys)."""
+
     def __init__(self, build: Path, profile: str, version: str, security_version: int,
-                 factory_ca: Path | None = None) -> None:
+                 factory_ca: Path | None = None, *, variant: str | None = None,
+                 agent_overrides: Mapping[str, Any] | None = None,
+                 confirm_deadline_s: int = CONFIRM_DEADLINE_S) -> None:
         self.build = build.resolve()
         self.factory_ca = factory_ca
         self.profile = profile
         self.version = version
         self.security_version = security_version
+        self.agent_overrides = dict(agent_overrides or {})
+        self.confirm_deadline_s = confirm_deadline_s
         self.cache = self.build / "cache"
-        self.out = self.build / "image" / profile
+        self.out = self.build / "image" / (variant or profile)
         self.keys = self.build / "keys"
+        self.ota_pki_dir = self.build / "ota-pki"
         self.timings: dict[str, float] = {}
+
+    def _tool(self, script: str, module: str) -> list[str]:
+        exe = Path(sys.executable).parent / script
+        return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
+
+    def ota_pki(self) -> Path:
+        """The release OTA PKI (CMS bundle signing), made once at build time, never committed.
+        Its root certificate is the keyring baked into the rootfs."""
+        if not (self.ota_pki_dir / "root.pem").exists():
+            with self.step("ota-pki"):
+                run(*self._tool("camera-ota", "bootverify.release.cli"), "pki", "init", "--dir", self.ota_pki_dir)
+        return self.ota_pki_dir
+
+    def agent_config(self) -> bytes:
+        """board/rootfs/agent.json (the board's OTA wiring) + this image's version (+ overrides)."""
+        cfg = json.loads((BOARD / "rootfs/agent.json").read_text())
+        cfg = merge(cfg, {"device": {"firmware_version": self.version}})
+        cfg = merge(cfg, self.agent_overrides)
+        return json.dumps(cfg, indent=2, sort_keys=True).encode() + b"\n"
 
     def step(self, name: str) -> _Timer:
         return _Timer(self, name)
@@ -307,10 +349,13 @@ class Builder:
     def rootfs(self, debs: Path, wheels: Path, boot_stage: Path, kver: str) -> tuple[Path, dict[str, str]]:
         img = self.out / "rootfs.squashfs"
         env_file = self.out / "rootfs.verity.env"
+        keyring = self.ota_pki() / "root.pem"
+        agent_json = self.agent_config()
         inputs = digest(
             debs, wheels, ROOT / "agent", ROOT / "bootverify", ROOT / "provisioning",
             BOARD / "rootfs", BOARD / "verity.sh", Path(__file__), self.profile, self.version,
-            " ".join(ROOTFS_MODULES), kver, self.factory_ca or "no-factory-ca",
+            " ".join(ROOTFS_MODULES), kver, self.factory_ca or "no-factory-ca", keyring, agent_json,
+            str(self.confirm_deadline_s),
         )
         st = Stamp(self.out / "rootfs.stamp", inputs)
         if st.fresh() and img.exists() and env_file.exists():
@@ -352,7 +397,9 @@ class Builder:
             (tree / "etc/camera/profile").write_text(self.profile + "\n")
             (tree / "etc/camera/modules").write_text("\n".join(ROOTFS_MODULES) + "\n")
             shutil.copy2(BOARD / "rootfs/udhcpc.script", tree / "etc/camera/udhcpc.script")
-            shutil.copy2(BOARD / "rootfs/agent.json", tree / "etc/camera/agent.json")
+            (tree / "etc/camera/agent.json").write_bytes(agent_json)
+            shutil.copy2(keyring, tree / "etc/camera/ota-keyring.pem")
+            (tree / "etc/camera/confirm-deadline").write_text(f"{self.confirm_deadline_s}\n")
             (tree / "etc/resolv.conf").unlink(missing_ok=True)
             os.symlink("/run/resolv.conf", tree / "etc/resolv.conf")
             (tree / "etc/hostname").write_text("camera\n")
@@ -478,6 +525,22 @@ class Builder:
             st.done()
         return out
 
+    def bundle(self, fit: Path, rootfs: Path) -> Path:
+        """A signed update bundle of this very image (slot classes fit + rootfs), for OEMs and tests."""
+        out = self.out / "update.raucb"
+        pki = self.ota_pki()
+        st = Stamp(self.out / "bundle.stamp", digest(fit, rootfs, self.version, str(self.security_version),
+                                                       OTA_COMPATIBLE, pki / "root.pem"))
+        if st.fresh() and out.exists():
+            return out
+        with self.step("bundle"):
+            run(*self._tool("camera-ota", "bootverify.release.cli"), "bundle", "--pki", pki,
+                "--compatible", OTA_COMPATIBLE, "--version", self.version,
+                "--security-version", str(self.security_version),
+                "--image", f"fit={fit}", "--image", f"rootfs={rootfs}", "-o", out)
+            st.done()
+        return out
+
     def default_factory_ca(self) -> Path:
         """A development factory PKI made locally (once) by the provisioning station's CLI."""
         pki = self.build / "factory-pki"
@@ -488,7 +551,9 @@ class Builder:
                 run(*cmd, "pki", "init", "--dir", pki)
         return pki / "root-ca.pem"
 
-    def build_all(self) -> dict[str, object]:
+    def build_all(self, *, disk: bool = True) -> dict[str, object]:
+        """The signed image, its update bundle and (``disk``) u-boot.bin + the A/B disk image;
+        ``disk=False`` builds what an update needs (FIT, rootfs, bundle) only."""
         self.out.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         if self.factory_ca is None:
@@ -500,25 +565,28 @@ class Builder:
         rootfs, verity_env = self.rootfs(rootfs_debs, wheels, stage, kver)
         initramfs = self.initramfs(stage, kver, verity_env)
         fit = self.fit(stage, kver, initramfs)
-        bios = self.firmware(nodtb)
-        disk = self.disk(fit, rootfs)
+        bundle = self.bundle(fit, rootfs)
         manifest: dict[str, object] = {
             "profile": self.profile,
             "firmware_version": self.version,
             "security_version": self.security_version,
             "kernel": kver,
-            "bios": str(bios),
-            "disk": str(disk),
             "fit": str(fit),
             "rootfs": str(rootfs),
+            "bundle": str(bundle),
+            "ota_keyring": str(self.ota_pki_dir / "root.pem"),
+            "compatible": OTA_COMPATIBLE,
             "root_hash": verity_env["CAMERA_ROOT_HASH"],
             "fit_sha256": hashlib.sha256(fit.read_bytes()).hexdigest(),
             "key_name": f"camera-{self.profile}",
             "key_dir": str(self.keys),
             "factory_ca": str(self.factory_ca),
-            "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
-            "total_s": round(time.monotonic() - t0, 2),
         }
+        if disk:
+            manifest["bios"] = str(self.firmware(nodtb))
+            manifest["disk"] = str(self.disk(fit, rootfs))
+        manifest["total_s"] = round(time.monotonic() - t0, 2)
+        manifest["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
         (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
 
@@ -552,9 +620,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--security-version", type=int, default=1)
     ap.add_argument("--factory-ca", type=Path, help="factory trust anchor baked into the image")
+    ap.add_argument("--variant", help="output directory name under build/image (default: the profile); "
+                    "use one per version to keep the factory image")
+    ap.add_argument("--update-only", action="store_true", help="FIT, rootfs and bundle only (no disk image)")
     args = ap.parse_args(argv)
     manifest = Builder(args.build, args.profile, args.version, args.security_version,
-                       args.factory_ca).build_all()
+                       args.factory_ca, variant=args.variant).build_all(disk=not args.update_only)
     print(json.dumps(manifest, indent=2))
     return 0
 

@@ -93,10 +93,12 @@ class Session:
     """A booted, provisioned and claimed board (used by `make run-qemu` and tests/qemu)."""
 
     def __init__(self, build: Path, profile: str = "release", *, https_port: int = 0, rtsps_port: int = 0,
-                 provision: bool = True, timeout: float = 600.0) -> None:
+                 provision: bool = True, timeout: float = 600.0, run_dir: Path | None = None) -> None:
         self.build = build.resolve()
-        self.run_dir = self.build / "run"
+        self.run_dir = run_dir or self.build / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.board: BoardRun | None = None
+        self.boots = 0
         self.profile = profile
         self.https_port = https_port or free_port()
         self.rtsps_port = rtsps_port or free_port()
@@ -117,13 +119,10 @@ class Session:
                       Forward(self.factory_port, FACTORY_PORT)),
             qmp=self.run_dir / "qmp.sock",
         )
-        self.guest = guest = Guest(board, self.run_dir / "console.log", deadline_s=10 * 365 * 86400)
-        t0 = time.monotonic()
-        guest.start()
-        guest.wait_for(r"camera-init: agent started", self.timeout)
-        t_agent = time.monotonic() - t0
-        t_ready = wait_port(self.https_port, self.timeout) + t_agent
-        print(f"[run] agent answering TLS {t_ready:.1f} s after QEMU start", flush=True)
+        self.board = board
+        t_ready = self._power_on()
+        guest = self.guest
+        assert guest is not None
         info: dict[str, Any] = {
             "https_url": f"https://127.0.0.1:{self.https_port}/",
             "rtsps_main": f"rtsps://127.0.0.1:{self.rtsps_port}/main",
@@ -160,6 +159,30 @@ class Session:
         with os.fdopen(fd, "w") as fh:
             json.dump(info, fh, indent=2)
         return info
+
+    def _power_on(self) -> float:
+        """Start QEMU on the session's disk; seconds until the agent answers TLS."""
+        assert self.board is not None
+        if self.board.qmp is not None:
+            self.board.qmp.unlink(missing_ok=True)
+        log = self.run_dir / ("console.log" if self.boots == 0 else f"console-{self.boots}.log")
+        self.boots += 1
+        self.guest = guest = Guest(self.board, log, deadline_s=10 * 365 * 86400)
+        t0 = time.monotonic()
+        guest.start()
+        guest.wait_for(r"camera-init: agent started", self.timeout)
+        t_agent = time.monotonic() - t0
+        t_ready = wait_port(self.https_port, self.timeout) + t_agent
+        print(f"[run] agent answering TLS {t_ready:.1f} s after QEMU start", flush=True)
+        return t_ready
+
+    def power_cycle(self) -> float:
+        """Press the power button (clean shutdown: agent stopped, /data unmounted), then power the
+        same board on again - what an installer does after an update. Returns boot-to-ready seconds;
+        the new console is ``self.guest``."""
+        assert self.guest is not None
+        _shutdown(self.guest)
+        return self._power_on()
 
     def stop(self) -> None:
         if self.guest is not None:

@@ -7,6 +7,7 @@ claimed in host mode does not fall back into factory state; only a factory reset
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -105,6 +106,21 @@ class FactoryCapability:
         self._server = None
         # HTTPS and RTSPS rebuild their SSL contexts from the factory-issued identity.
         self._services.identity.reload()
+        if not self._services.config.host_mode:
+            await self._close_factory_port()
+
+    async def _close_factory_port(self) -> None:
+        """The board's firewall opened the factory port at boot (camera-init); re-apply the rules
+        without it now, not at the next reboot. The rules come from the boot stage's own code."""
+        proc = await asyncio.create_subprocess_exec(
+            "camera-bootverify", "firewall", "--state-dir", str(self._services.state.root), "--apply",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        text = out.decode(errors="replace").strip()[-200:]
+        if proc.returncode == 0:
+            print(text, flush=True)  # the board's console shows the applied policy
+        self._services.audit.append("factory.firewall_closed", outcome="success" if proc.returncode == 0 else "failure",
+                                    details={"port": self._services.config.factory_port, "output": text})
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -9,14 +9,14 @@ A corrupt store fails closed (StateError, installs refused), never "counter = 0"
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
 from agent.ota.errors import OtaStateError
-from agent.state import atomic_write, ensure_dir
+from bootverify.boot import rollback
+from bootverify.boot.errors import CounterError, RollbackError
 
-MAX_INDEX = 2**31 - 1
+MAX_INDEX = rollback.MAX_COUNTER
 
 
 class RollbackIndexStore(Protocol):
@@ -28,45 +28,30 @@ class RollbackIndexStore(Protocol):
 
 
 def check_not_rolled_back(image_security_version: int, index: int) -> None:
-    """Pure rule shared with the boot stage: an image below the index must not install or boot."""
-    if image_security_version < index:
-        raise OtaStateError(
-            f"security version {image_security_version} is below the rollback index {index}",
-            code="ota.rollback_blocked",
-        )
+    """The boot stage's rule (bootverify.boot.rollback.check) with the OTA error code."""
+    try:
+        rollback.check(image_security_version, index)
+    except RollbackError as exc:
+        raise OtaStateError(exc.message, code="ota.rollback_blocked") from exc
 
 
 class FileRollbackIndex:
-    """Simulated RPMB/OTP: ``otp/security-version`` (0600), decimal digits, atomically replaced.
+    """Simulated RPMB/OTP: ``otp/security-version``, the very file and code the initramfs stage and
+    the attestation use (bootverify.boot.rollback)."""
 
-    The same file and format the initramfs stage reads (bootverify/boot/rollback.py), so the boot
-    check and the installer share one counter.
-    """
-
-    FILE = "security-version"
+    FILE = rollback.COUNTER_FILE
 
     def __init__(self, otp_dir: Path) -> None:
-        self._path = otp_dir / self.FILE
         self._dir = otp_dir
 
     def read(self) -> int:
         try:
-            with open(self._path, "rb") as fh:
-                raw = fh.read(32)
-        except FileNotFoundError:
-            return 0
-        text = raw.strip()
-        if not text.isdigit() or len(text) > 10 or int(text) > MAX_INDEX:
-            raise OtaStateError("rollback index store is corrupt", code="ota.rollback_store")
-        return int(text)
+            return rollback.read_counter(self._dir)
+        except CounterError as exc:
+            raise OtaStateError("rollback index store is corrupt", code="ota.rollback_store") from exc
 
     def advance(self, value: int) -> int:
-        if not 0 <= value <= MAX_INDEX:
-            raise OtaStateError("rollback index out of range", code="ota.rollback_store")
-        current = self.read()
-        if value <= current:
-            return current
-        ensure_dir(self._dir)
-        atomic_write(self._path, f"{value}\n".encode())
-        os.chmod(self._path, 0o600)
-        return value
+        try:
+            return rollback.raise_to(self._dir, value)
+        except CounterError as exc:
+            raise OtaStateError(f"rollback index: {exc.message}", code="ota.rollback_store") from exc

@@ -194,8 +194,12 @@ class OtaCapability:
             await self._exclusive("system", "boot", self.installer.reconcile)
             st = await asyncio.get_running_loop().run_in_executor(None, self.installer.status)
             booted = st["booted"]
-            if st["slots"][booted].get("state") != "installed":
-                return  # nothing pending confirmation
+            state = st["slots"][booted].get("state")
+            # A new slot needs its confirmation; a good slot needs its boot counter back (U-Boot
+            # took one attempt this boot: without this a good slot runs out after N reboots).
+            if not (state == "installed" or (state == "good" and booted == st["intended"]
+                                             and st["attempts_left"].get(booted, 0) < self.installer.policy.attempts)):
+                return
             await self._health_check()
             await self._exclusive("system", "boot", self.installer.confirm)
         except (OtaError, OSError, TimeoutError) as exc:

@@ -252,6 +252,7 @@ class Installer:
             "bundle_sha256": bundle.signature_sha256, "images": {e.slotclass: e.sha256 for e in entries},
             "installed_at": self._now().isoformat(), "source": source})
         self.chooser.store(bc.activate(bad_state, target, self.policy.attempts))
+        self._set_pending(target)
         self._store_crls(bundle)
         self._audit("firmware.activate", "success", {"slot": target, "attempts": self.policy.attempts})
         # After activation, so "installed" is never reported for a slot that will not boot.
@@ -316,6 +317,19 @@ class Installer:
 
     # -- after boot --
 
+    @property
+    def pending_file(self) -> Path:
+        """Names the slot activated but not yet confirmed. The board's init reads it: when that
+        slot boots and is not confirmed within the deadline it reboots, so U-Boot counts the
+        attempt and falls back after ``attempts`` (docs/ota.md, board section)."""
+        return self.ota_dir / "pending"
+
+    def _set_pending(self, slot: str | None) -> None:
+        if slot is None:
+            self.pending_file.unlink(missing_ok=True)
+        else:
+            atomic_write(self.pending_file, slot.encode() + b"\n")
+
     def confirm(self, health_check: Callable[[], None] | None = None) -> dict[str, Any]:
         """Mark the booted slot good; raise the rollback index to its security version."""
         with self._lock():
@@ -341,6 +355,7 @@ class Installer:
                                                                  "error": str(exc)[:200]})
                     raise MarkGoodRefused("health check failed", code="ota.health_check") from exc
             self.chooser.store(bc.mark_good(state, booted, self.policy.attempts))
+            self._set_pending(None)
             secver = int(info.get("security_version") or 0)
             before = self.rollback.read()
             after = self.rollback.advance(secver)
@@ -366,6 +381,7 @@ class Installer:
             if intended is None or intended == booted or state.attempts(intended) > 0:
                 return None
             self.chooser.store(bc.mark_bad(state, intended))
+            self._set_pending(None)
             info = self.slot_info(intended)
             self.state.update_slot(intended, {**info, "state": "bad", "reason": "ota.boot_failed"})
             self._audit("firmware.fallback", "failure", {"failed_slot": intended, "booted": booted,

@@ -1,85 +1,53 @@
-"""U-Boot environment images, read and written the way ``fw_setenv`` and U-Boot do (pure codec).
+"""U-Boot environment storage for the boot-chooser: fw_setenv's write rules over files or devices.
 
-Layout of one copy of ``size`` bytes (little-endian CRC, as on arm64):
-
-    single:     crc32(data) u32 | data
-    redundant:  crc32(data) u32 | flags u8 | data
-
-``data`` is ``key=value\\0 ... \\0`` padded to the end. With two copies, U-Boot loads the copy
-whose CRC is good, and if both are, the one with the larger flags counter (255 -> 0 wraps), the
-rule in U-Boot's ``env_import_redund``. We write the stale copy first with counter + 1, then the
-other with counter + 2: at every moment one copy is intact, and once the first write is durable
-the new contents win - so BOOT_ORDER and BOOT_x_LEFT always change together.
+The image format (CRC, flags byte, ``key=value\\0`` entries) and U-Boot's choice between two
+copies are the pure codec ``bootverify.boot.ubootenv``, shared with the boot stage. This module is
+the I/O around it. We write the stale copy first with counter + 1, then the other with counter + 2:
+at every moment one copy is intact, and once the first write is durable the new contents win - so
+BOOT_ORDER and BOOT_x_LEFT always change together.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.ota.errors import OtaStateError
 from agent.state import atomic_write
+from bootverify.boot import ubootenv as codec
+from bootverify.boot.errors import EnvCrcError, EnvError, EnvFullError
 
-DEFAULT_ENV_SIZE = 0x4000
+DEFAULT_ENV_SIZE = codec.ENV_SIZE
 _MAX_ENV_SIZE = 1 << 20
 
 
+@contextmanager
+def _as_ota_error() -> Iterator[None]:
+    """The codec's errors with the OTA package's stable codes."""
+    try:
+        yield
+    except EnvCrcError as exc:
+        raise OtaStateError(exc.message, code="ota.env_crc") from exc
+    except EnvFullError as exc:
+        raise OtaStateError(exc.message, code="ota.env_full") from exc
+    except EnvError as exc:
+        raise OtaStateError(exc.message, code="ota.env_corrupt") from exc
+
+
 def encode(variables: Mapping[str, str], size: int, *, redundant: bool, flags: int = 0) -> bytes:
-    header = 5 if redundant else 4
-    body = bytearray()
-    for key in sorted(variables):
-        value = variables[key]
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise OtaStateError(f"invalid environment variable {key!r}", code="ota.env_invalid")
-        body += f"{key}={value}".encode() + b"\0"
-    body += b"\0"
-    if len(body) > size - header:
-        raise OtaStateError("environment does not fit its size", code="ota.env_full")
-    data = bytes(body) + b"\0" * (size - header - len(body))
-    crc = zlib.crc32(data).to_bytes(4, "little")
-    return crc + (bytes([flags & 0xFF]) if redundant else b"") + data
+    """U-Boot's saveenv order (sorted), OTA error codes."""
+    with _as_ota_error():
+        return codec.encode(dict(sorted(variables.items())), size, redundant=redundant, flags=flags)
 
 
 def decode(image: bytes, *, redundant: bool) -> tuple[dict[str, str], int]:
     """(variables, flags); raises OtaStateError on a bad CRC or syntax."""
-    header = 5 if redundant else 4
-    if len(image) <= header:
-        raise OtaStateError("environment image too small", code="ota.env_corrupt")
-    data = image[header:]
-    if zlib.crc32(data).to_bytes(4, "little") != image[:4]:
-        raise OtaStateError("environment CRC mismatch", code="ota.env_crc")
-    flags = image[4] if redundant else 0
-    out: dict[str, str] = {}
-    for entry in data.split(b"\0"):
-        if not entry:
-            break
-        key, sep, value = entry.partition(b"=")
-        if not sep or not key:
-            raise OtaStateError("environment entry without '='", code="ota.env_corrupt")
-        try:
-            out[key.decode()] = value.decode()
-        except UnicodeDecodeError as exc:
-            raise OtaStateError("environment is not UTF-8", code="ota.env_corrupt") from exc
-    return out, flags
-
-
-def pick_copy(ok1: bool, flags1: int, ok2: bool, flags2: int) -> int:
-    """Which copy U-Boot uses: 0 (first) or 1 (redundant). Mirrors env_import_redund."""
-    if not ok1 and not ok2:
-        raise OtaStateError("both environment copies are corrupt", code="ota.env_crc")
-    if ok1 and not ok2:
-        return 0
-    if ok2 and not ok1:
-        return 1
-    if flags1 == 255 and flags2 == 0:
-        return 1
-    if flags2 == 255 and flags1 == 0:
-        return 0
-    return 1 if flags2 > flags1 else 0
+    with _as_ota_error():
+        return codec.decode(image, None, redundant=redundant)
 
 
 @dataclass(frozen=True)
@@ -131,20 +99,11 @@ class UBootEnv:
                 return None
             variables, _ = decode(raw, redundant=False)
             return variables, 0, 0
-        results: list[tuple[dict[str, str], int] | None] = []
-        raws = [primary.read(self._size), redundant.read(self._size)]
+        raws = (primary.read(self._size), redundant.read(self._size))
         if raws[0] is None and raws[1] is None:
             return None
-        for raw in raws:
-            try:
-                results.append(decode(raw, redundant=True) if raw is not None else None)
-            except OtaStateError:
-                results.append(None)
-        r0, r1 = results
-        idx = pick_copy(r0 is not None, r0[1] if r0 else 0, r1 is not None, r1[1] if r1 else 0)
-        chosen = results[idx]
-        assert chosen is not None
-        return chosen[0], idx, chosen[1]
+        with _as_ota_error():
+            return codec.decode_redundant(raws[0], raws[1], None)
 
     def read(self) -> dict[str, str] | None:
         loaded = self._load()

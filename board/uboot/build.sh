@@ -13,10 +13,19 @@ if [ -f "$OUT/.stamp" ] && [ "$(cat "$OUT/.stamp")" = "$KEY" ] && [ -f "$OUT/u-b
     echo "u-boot: up to date ($KEY)"
     exit 0
 fi
+# Debian's source package is downloaded once into the build's cache and unpacked from there on
+# every rebuild (dpkg-source checks the tarballs against the .dsc). `make clean` drops it; a newer
+# Debian u-boot is picked up then.
+CACHE=${UBOOT_SRC_CACHE:-$(dirname "$OUT")/cache/uboot-src}
+mkdir -p "$CACHE"
+if ! ls "$CACHE"/u-boot_*.dsc >/dev/null 2>&1; then
+    ( cd "$CACHE" && apt-get source --download-only -q u-boot >/dev/null 2>&1 ) || {
+        echo "u-boot: apt-get source u-boot failed (deb-src entry? see qemu/prepare-apt.sh)" >&2; exit 1; }
+fi
+DSC=$(ls "$CACHE"/u-boot_*.dsc | sort -V | tail -1)
 SRCROOT="$OUT/src"
 rm -rf "$SRCROOT" && mkdir -p "$SRCROOT"
-( cd "$SRCROOT" && apt-get source --download-only -q u-boot >/dev/null 2>&1 && \
-  dpkg-source -q -x u-boot_*.dsc tree >/dev/null 2>&1 )
+( cd "$SRCROOT" && dpkg-source -q -x "$DSC" tree >/dev/null 2>&1 )
 T="$SRCROOT/tree"
 ( cd "$T" && patch -p1 -s < "$HERE/0001-camera-env-writeable-list.patch" )
 B="$OUT/obj"

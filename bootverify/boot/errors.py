@@ -28,9 +28,21 @@ class CounterError(BootStageError):
 
 
 class EnvError(BootStageError):
-    """The U-Boot environment image is malformed (size, CRC, encoding)."""
+    """The U-Boot environment image is malformed (size, encoding) or a variable cannot be stored."""
 
     code = "boot.env_invalid"
+
+
+class EnvCrcError(EnvError):
+    """A copy's CRC does not match (torn write, damage), or no copy is valid."""
+
+    code = "boot.env_crc"
+
+
+class EnvFullError(EnvError):
+    """The variables do not fit the environment size."""
+
+    code = "boot.env_full"
 
 
 class FirewallError(BootStageError):

@@ -1,20 +1,27 @@
-"""The anti-rollback counter of the reference board.
+"""The anti-rollback counter: its rule, its on-disk format and the simulated-OTP file store.
 
-On hardware this is a monotonic counter in OTP fuses or eMMC RPMB; the board simulates it with a
-file next to the simulated OTP secret (StateDir.otp_dir / "security-version"). It only ever goes
-up: `raise_to` refuses to lower it, and the initramfs refuses to hand off to an image whose signed
-security version is below it. Limitation of the simulation: whoever can write the data partition
-offline can reset the file; real fuses cannot be reset.
+One implementation for the boot stage (the initramfs refuses to hand off to an image whose signed
+security version is below the counter; the attestation reads it) and the OTA installer
+(agent.ota.antirollback wraps ``read_counter`` / ``raise_to`` and raises it after mark-good).
+
+On hardware the counter is OTP fuses, an eMMC RPMB counter or a TPM NV counter; the board simulates
+it with ``StateDir.otp_dir / "security-version"`` (decimal, 0600, atomically replaced). It only
+ever goes up: ``raise_to`` never lowers it. A corrupt store is an error (fail closed), never
+"counter = 0". Limitation of the simulation: whoever can write the data partition offline can reset
+the file; real fuses cannot be reset.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 from bootverify.boot.errors import CounterError, RollbackError
 
 COUNTER_FILE = "security-version"
 MAX_COUNTER = 2**31 - 1
+_MAX_FILE = 64
 
 
 def counter_path(otp_dir: Path) -> Path:
@@ -31,31 +38,58 @@ def parse_counter(raw: bytes) -> int:
     return value
 
 
-def read_counter(otp_dir: Path) -> int:
-    """A missing counter is a factory-fresh device (0)."""
-    try:
-        raw = counter_path(otp_dir).read_bytes()[:64]
-    except FileNotFoundError:
-        return 0
-    return parse_counter(raw)
+def render_counter(value: int) -> bytes:
+    if not 0 <= value <= MAX_COUNTER:
+        raise CounterError("counter value out of range")
+    return f"{value}\n".encode()
 
 
 def check(image_security_version: int, counter: int) -> None:
+    """An image below the counter must not install or boot."""
     if image_security_version < counter:
         raise RollbackError(
             f"image security version {image_security_version} is below the anti-rollback counter {counter}"
         )
 
 
+def read_counter(otp_dir: Path) -> int:
+    """A missing counter is a factory-fresh device (0)."""
+    try:
+        with open(counter_path(otp_dir), "rb") as fh:
+            raw = fh.read(_MAX_FILE + 1)
+    except FileNotFoundError:
+        return 0
+    if len(raw) > _MAX_FILE:
+        raise CounterError("anti-rollback counter unreadable")
+    return parse_counter(raw)
+
+
 def raise_to(otp_dir: Path, value: int) -> int:
     """Raise the counter to ``value`` (never lowers it). Returns the counter afterwards."""
-    from agent.state import atomic_write, ensure_dir
-
-    if value < 0 or value > MAX_COUNTER:
-        raise CounterError("counter value out of range")
+    new = render_counter(value)
     current = read_counter(otp_dir)
     if value <= current:
         return current
-    ensure_dir(otp_dir)
-    atomic_write(counter_path(otp_dir), f"{value}\n".encode())
+    otp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _replace(counter_path(otp_dir), new)
     return value
+
+
+def _replace(path: Path, data: bytes) -> None:
+    # Atomic replace (temp 0600, fsync, rename, fsync dir) - bootverify must not import agent.state.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

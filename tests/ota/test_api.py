@@ -323,3 +323,27 @@ async def test_auto_mark_good_and_fallback_at_start(tmp_path: Path, pki: Pki, ke
         assert st["booted"] == "B" and st["boot_order"] == ["B"] and st["slots"]["A"]["state"] == "bad"
         assert st["rollback_index"] == 3  # the failed update never raised it
         assert any(r["event"] == "firmware.fallback" for r in audit_records(agent.svc))
+        # The good slot that took over gets back the attempt U-Boot took for this boot.
+        for _ in range(100):
+            st = await asyncio.to_thread(inst.status)
+            if st["attempts_left"]["B"] == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert st["attempts_left"]["B"] == 3
+
+
+async def test_good_slot_counter_restored_each_boot(tmp_path: Path, keyring: Path) -> None:
+    """Without an update, every boot still costs the running slot one U-Boot attempt; the agent
+    gives it back after the health check, or a camera would fall back after N plain reboots."""
+    async with ota_agent(tmp_path / "state", keyring, confirm_delay_s=0.1) as (_agent, cap):
+        inst = cap.installer
+        for _ in range(5):
+            await cap.stop()
+            await asyncio.to_thread(inst.simulate_boot)
+            await cap.start()
+            for _ in range(100):
+                st = await asyncio.to_thread(inst.status)
+                if st["attempts_left"]["A"] == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert st["booted"] == "A" and st["attempts_left"]["A"] == 3, st

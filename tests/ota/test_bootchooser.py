@@ -1,4 +1,4 @@
-"""U-Boot environment codec against mkenvimage and libubootenv's fw_printenv/fw_setenv; boot selection."""
+"""U-Boot environment storage against libubootenv's fw_printenv/fw_setenv; boot selection."""
 
 from __future__ import annotations
 
@@ -9,23 +9,10 @@ import pytest
 
 from agent.ota import bootchooser as bc
 from agent.ota.errors import OtaStateError
-from agent.ota.ubootenv import EnvLocation, UBootEnv, decode, encode, pick_copy
+from agent.ota.ubootenv import EnvLocation, UBootEnv, decode, encode
 from tests.conftest import need
 
 VARS = {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0", "bootcmd": "run distro_bootcmd"}
-
-
-@pytest.mark.parametrize("redundant", [False, True])
-def test_encode_matches_mkenvimage(tmp_path: Path, redundant: bool) -> None:
-    need("mkenvimage")
-    src = tmp_path / "env.txt"
-    src.write_text("".join(f"{k}={v}\n" for k, v in sorted(VARS.items())))
-    out = tmp_path / "env.bin"
-    subprocess.run(["mkenvimage", "-s", "0x4000", "-p", "0", *(["-r"] if redundant else []), "-o", str(out),
-                    str(src)], check=True, timeout=30)
-    ours = encode(VARS, 0x4000, redundant=redundant, flags=1 if redundant else 0)
-    assert decode(out.read_bytes(), redundant=redundant)[0] == VARS
-    assert ours == out.read_bytes()
 
 
 def test_fw_printenv_reads_ours_and_we_read_fw_setenv(tmp_path: Path) -> None:
@@ -42,17 +29,6 @@ def test_fw_printenv_reads_ours_and_we_read_fw_setenv(tmp_path: Path) -> None:
     # U-Boot-side decrement (what the boot script's saveenv does), then we read it back.
     subprocess.run(["fw_setenv", "-c", str(cfg), "BOOT_B_LEFT", "2"], check=True, timeout=30)
     assert chooser.load() == bc.BootState(("B", "A"), {"A": 3, "B": 2})
-
-
-def test_redundant_copy_rules() -> None:
-    assert pick_copy(True, 1, True, 2) == 1
-    assert pick_copy(True, 3, True, 2) == 0
-    assert pick_copy(True, 255, True, 0) == 1
-    assert pick_copy(True, 0, True, 255) == 0
-    assert pick_copy(False, 9, True, 0) == 1
-    assert pick_copy(True, 0, False, 9) == 0
-    with pytest.raises(OtaStateError):
-        pick_copy(False, 0, False, 0)
 
 
 def test_torn_copy_falls_back_to_the_other(tmp_path: Path) -> None:

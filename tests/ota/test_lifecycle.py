@@ -31,10 +31,13 @@ def test_install_boot_confirm_raises_index(tmp_path: Path, pki: Pki, image: Path
     inst = dev.installer
     inst.install(b)
     assert inst.rollback.read() == 0  # not before mark-good: a failed update can still fall back
+    assert inst.pending_file.read_text() == "B\n"  # the board's init arms its confirm deadline on it
     with pytest.raises(MarkGoodRefused):
         inst.confirm()  # still running A, but B is the intended slot now
+    assert inst.pending_file.exists()
     assert inst.simulate_boot() == "B"
     inst.confirm()
+    assert not inst.pending_file.exists()
     st = inst.status()
     assert st["rollback_index"] == 4 and st["booted"] == "B" and st["slots"]["B"]["state"] == "good"
     assert st["attempts_left"]["B"] == 3
@@ -61,8 +64,10 @@ def test_unconfirmed_update_falls_back(tmp_path: Path, pki: Pki, image: Path, ke
     st = inst.status()
     assert st["rollback_index"] == 0
     assert st["last_result"]["outcome"] == "fallback"
+    assert inst.pending_file.read_text() == "B\n"  # booted A: the deadline is not armed for A
     # The agent reconciles at start: B leaves the order, is marked bad, and A can be confirmed.
     assert inst.reconcile() == "B"
+    assert not inst.pending_file.exists()
     assert inst.reconcile() is None
     st = inst.status()
     assert st["boot_order"] == ["A"] and st["slots"]["B"]["state"] == "bad"

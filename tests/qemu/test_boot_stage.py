@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bootverify.boot import attestation, facts, firewall, rollback, ubootenv
-from bootverify.boot.errors import CounterError, EnvError, FactsError, FirewallError, RollbackError
+from bootverify.boot import attestation, facts, firewall
+from bootverify.boot.errors import FactsError, FirewallError
 
 ROOT_HASH = "ab" * 32
 IMAGE_ENV = (
@@ -67,51 +67,6 @@ def test_bootconf() -> None:
     for bad in (b"", b"\0", b"co nf\0", b"a" * 300, b"conf\0evil\0"):
         with pytest.raises(FactsError):
             facts.bootconf(bad)
-
-
-def test_uboot_env_roundtrip_and_tamper() -> None:
-    raw = ubootenv.build_env({"BOOT_ORDER": "B A", "BOOT_A_LEFT": "0", "BOOT_B_LEFT": "3"})
-    assert len(raw) == ubootenv.ENV_SIZE
-    env = ubootenv.parse_env(raw)
-    assert ubootenv.boot_state(env) == (("B", "A"), {"A": 0, "B": 3})
-    flipped = bytearray(raw)
-    flipped[10] ^= 1
-    with pytest.raises(EnvError):
-        ubootenv.parse_env(bytes(flipped))
-    with pytest.raises(EnvError):
-        ubootenv.parse_env(raw[:-1])
-    # Junk in the counters is read the way U-Boot's decimal flag would refuse it: no attempts.
-    assert ubootenv.boot_state({"BOOT_ORDER": "A X B", "BOOT_A_LEFT": "x"}) == (("A", "B"), {"A": 0, "B": 3})
-
-
-def test_uboot_env_matches_mkenvimage(tmp_path: Path) -> None:
-    mkenvimage = shutil.which("mkenvimage")
-    if mkenvimage is None:
-        pytest.skip("u-boot-tools not installed")
-    src = tmp_path / "env.txt"
-    src.write_text("BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=2\n")
-    out = tmp_path / "env.bin"
-    subprocess.run([mkenvimage, "-p", "0", "-s", str(ubootenv.ENV_SIZE), "-o", str(out), str(src)], check=True)
-    assert ubootenv.parse_env(out.read_bytes()) == {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "2"}
-    assert ubootenv.build_env({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "2"}) == out.read_bytes()
-
-
-def test_rollback_counter(tmp_path: Path) -> None:
-    otp = tmp_path / "otp"
-    assert rollback.read_counter(otp) == 0
-    assert rollback.raise_to(otp, 4) == 4
-    assert rollback.raise_to(otp, 2) == 4  # never lowered
-    assert rollback.read_counter(otp) == 4
-    assert (otp / "security-version").stat().st_mode & 0o777 == 0o600
-    rollback.check(4, 4)
-    rollback.check(5, 4)
-    with pytest.raises(RollbackError):
-        rollback.check(3, 4)
-    (otp / "security-version").write_text("4; rm -rf /\n")
-    with pytest.raises(CounterError):
-        rollback.read_counter(otp)
-    with pytest.raises(CounterError):
-        rollback.raise_to(otp, -1)
 
 
 def _evidence(**kw: object) -> attestation.Evidence:
@@ -236,27 +191,3 @@ def test_firewall_ruleset_is_valid_nft(tmp_path: Path) -> None:
     path.write_text(text)
     proc = subprocess.run([nft, "-c", "-f", str(path)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-
-
-def test_uboot_env_redundant_pick() -> None:
-    old = ubootenv.build_env({"BOOT_ORDER": "A B"}, flags=7)
-    new = ubootenv.build_env({"BOOT_ORDER": "B A"}, flags=8)
-    assert ubootenv.pick_redundant(old, new) == {"BOOT_ORDER": "B A"}
-    assert ubootenv.pick_redundant(new, old) == {"BOOT_ORDER": "B A"}
-    wrapped = ubootenv.build_env({"BOOT_ORDER": "B A"}, flags=0)
-    top = ubootenv.build_env({"BOOT_ORDER": "A B"}, flags=255)
-    assert ubootenv.pick_redundant(top, wrapped) == {"BOOT_ORDER": "B A"}
-    torn = bytearray(new)
-    torn[100] ^= 0xFF  # power cut in the middle of writing the newer copy
-    assert ubootenv.pick_redundant(old, bytes(torn)) == {"BOOT_ORDER": "A B"}
-    assert ubootenv.pick_redundant(None, old) == {"BOOT_ORDER": "A B"}
-    with pytest.raises(EnvError):
-        ubootenv.pick_redundant(bytes(torn), None)
-
-
-def test_uboot_env_interoperates_with_ota_codec() -> None:
-    from agent.ota import ubootenv as ota_env
-
-    blob = ota_env.encode({"BOOT_ORDER": "B A", "BOOT_A_LEFT": "0", "BOOT_B_LEFT": "3"}, ubootenv.ENV_SIZE,
-                          redundant=True, flags=4)
-    assert ubootenv.parse_env(blob, redundant=True)["BOOT_ORDER"] == "B A"
