@@ -40,3 +40,11 @@ def test_kernel_text_moves_between_boots(dev_image: dict[str, object], tmp_path:
         assert "No RNG device" not in log and "Reading RNG failed" not in log
     assert a != 0 and b != 0
     assert a != b, f"kernel text at {a:#x} on both boots: KASLR seed not fresh"
+
+
+def test_no_rng_no_boot(release_image: dict[str, object], board_disk: Path, tmp_path: Path) -> None:
+    """Without an entropy source U-Boot refuses each slot instead of booting with a known seed."""
+    run = BoardRun(bios=Path(str(release_image["bios"])), disk=board_disk, rng=False)
+    with Guest(run, tmp_path / "no-rng.log", deadline_s=240) as g:
+        g.wait_for(r"camera: no bootable slot", 200)
+        assert "No RNG device" in g.output and "Starting kernel" not in g.output
