@@ -7,12 +7,19 @@ starts before RTSP (its consumer) and stops after it.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from agent.capability import Capability
 
 if TYPE_CHECKING:
+    from agent.capability import Route
     from agent.services import Services
+
+# Started once HTTPS answers, in this order (media before RTSP, its consumer). Readiness is the
+# management API; the media encoders are CPU-bound and would otherwise hold up the listener and
+# its first TLS handshakes, which on the board's emulated CPU costs seconds.
+AFTER_LISTENING = ("media", "rtsp")
 
 
 def load(svc: Services) -> list[Capability]:
@@ -42,3 +49,43 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     audit_cli(sub)
     ota_cli(sub)
     factory_cli(sub)
+
+
+class StartLater:
+    """A capability whose start waits for ``release``: the app's lifecycle sees a no-op start (its
+    routes are registered as usual and answer with the capability's own not-started errors)."""
+
+    def __init__(self, cap: Capability) -> None:
+        self.cap = cap
+        self.name = cap.name
+        self._started = False
+
+    def routes(self) -> Sequence[Route]:
+        return self.cap.routes()
+
+    def status(self) -> dict[str, Any]:
+        return self.cap.status()
+
+    async def start(self) -> None:
+        return None
+
+    async def release(self) -> None:
+        if not self._started:
+            await self.cap.start()
+            self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self.cap.stop()
+
+
+def hold_back(caps: Sequence[Capability]) -> list[Capability]:
+    """``caps`` with those in AFTER_LISTENING wrapped in StartLater (same order)."""
+    return [StartLater(c) if c.name in AFTER_LISTENING else c for c in caps]
+
+
+async def release_held(caps: Sequence[Capability]) -> None:
+    for cap in caps:
+        if isinstance(cap, StartLater):
+            await cap.release()

@@ -99,11 +99,16 @@ async def serve(config: AgentConfig) -> None:
     if config.factory_ca is None and not claim.load(svc.state).claimed:
         new_code = claim.ensure_host_setup_code(svc.state, svc.secret)
     ssl_ctx = svc.identity.server_ssl_context()
-    app = create_app(svc, capability_list.load(svc))
+    caps = capability_list.hold_back(capability_list.load(svc))
+    app = create_app(svc, caps)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, svc.config.bind, svc.config.https_port, ssl_context=ssl_ctx, backlog=512)
     await site.start()
+    print(f"camera-agent: HTTPS listening on {svc.config.https_port}", flush=True)
+    # Media and RTSPS follow the listener; the announcement (and device-ca.pem, which test
+    # harnesses wait for) comes after them, so "announced" still means every service is up.
+    await capability_list.release_held(caps)
     await svc.audit.record("agent.start", outcome="info", details={"version": svc.config.device.firmware_version})
     _announce(svc, new_code)
     stop = asyncio.Event()

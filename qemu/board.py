@@ -36,6 +36,8 @@ class BoardRun:
     snapshot: bool = False
     restrict_net: bool = False
     qmp: Path | None = None
+    # The board's entropy source (U-Boot's kaslrseed reads it); False only to test its absence.
+    rng: bool = True
 
     def argv(self, *, dumpdtb: Path | None = None) -> list[str]:
         machine = list(MACHINE)
@@ -70,8 +72,7 @@ class BoardRun:
             netdev,
             "-device",
             "virtio-net-pci,netdev=n0,romfile=",
-            "-device",
-            "virtio-rng-pci",
+            *(["-device", "virtio-rng-pci"] if self.rng else []),
             *(["-qmp", f"unix:{self.qmp},server=on,wait=off"] if self.qmp else []),
             *self.extra,
         ]
