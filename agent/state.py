@@ -16,15 +16,14 @@ The layout is the same in host mode and on the device (see docs/state-layout.md)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.errors import StateError
+from bootverify import fsutil as _fsutil
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -37,34 +36,10 @@ def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
     return path
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new content.
-
-    temp file in the same directory (created with ``mode``, never world-readable even briefly),
-    write, fsync, rename over the target, fsync the directory so the rename itself is durable.
-    """
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
+# One crash-safe writer for the whole firmware (bootverify must not import agent, so it lives
+# there): temp file created with the final mode, fsync, rename, fsync of the directory.
+fsync_dir = _fsutil.fsync_dir
+atomic_write = _fsutil.atomic_write
 
 
 def atomic_write_json(path: Path, obj: Any, mode: int = FILE_MODE) -> None:

@@ -13,11 +13,10 @@ the file; real fuses cannot be reset.
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 from bootverify.boot.errors import CounterError, RollbackError
+from bootverify.fsutil import atomic_write
 
 COUNTER_FILE = "security-version"
 MAX_COUNTER = 2**31 - 1
@@ -71,25 +70,5 @@ def raise_to(otp_dir: Path, value: int) -> int:
     if value <= current:
         return current
     otp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _replace(counter_path(otp_dir), new)
+    atomic_write(counter_path(otp_dir), new)
     return value
-
-
-def _replace(path: Path, data: bytes) -> None:
-    # Atomic replace (temp 0600, fsync, rename, fsync dir) - bootverify must not import agent.state.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
