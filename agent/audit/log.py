@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.audit.checkpoint import CHECKPOINT_FILE, MODE_CHECKPOINT, open_directory, write_checkpoint
 from agent.audit.errors import AuditError, AuditTampered
 from agent.audit.limits import MIB, AuditLimits
 from agent.audit.record import (
@@ -52,12 +53,12 @@ from agent.audit.record import (
 from agent.audit.verify import (
     HEAD_FILE,
     QUARANTINE_DIR,
+    SegmentSummary,
+    SegmentTracker,
     VerifyReport,
     list_segments,
-    read_bounded,
     read_head,
     segment_name,
-    verify_segments,
 )
 from agent.state import atomic_write, ensure_dir, fsync_dir
 
@@ -119,12 +120,18 @@ class AuditLog:
         self._seg_chain = ZERO_MAC  # MAC of the last record in the current segment
         self._last_mac = ZERO_MAC
         self._pending_segment: int | None = None  # next record opens this segment
-        self._seg_first: dict[int, tuple[int, bytes]] = {}  # id -> (first seq, first mac)
+        # Checkpoint state: summaries of the retained closed segments, the open one's running one.
+        self._closed_segments: dict[int, SegmentSummary] = {}
+        self._tracker: SegmentTracker | None = None
+        self._checkpoint_current = False
+        self._checkpoint_error: str | None = None
         self.opened_with: VerifyReport | None = None
         self.open_failure: AuditTampered | None = None
+        self.open_stats: dict[str, Any] = {}
         ensure_dir(directory)
         with self._lock:
             self._open()
+            self._save_checkpoint()
 
     # --- public API (docs/contracts.md) -----------------------------------------------------------
 
@@ -194,6 +201,7 @@ class AuditLog:
             if self._closed:
                 return
             self._closed = True
+            self._save_checkpoint()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -262,9 +270,7 @@ class AuditLog:
     def _open(self) -> None:
         segs = list_segments(self._dir)
         try:
-            head = read_head(self._dir, self._limits)
-            data = [(sid, read_bounded(p, self._limits.max_segment_read_bytes)) for sid, p in segs]
-            report = verify_segments(data, self._key, head, limits=self._limits)
+            opened = open_directory(self._dir, self._key, self._limits)
         except AuditTampered as exc:
             self.open_failure = exc
             where = self._quarantine(segs)
@@ -278,7 +284,13 @@ class AuditLog:
                 {"code": exc.code, "seq": exc.seq, "reason": exc.reason, "quarantine": where},
             )
             return
+        report = opened.report
         self.opened_with = report
+        self.open_stats = {
+            "mode": opened.mode,
+            "records_verified": opened.verifier.records_verified,
+            "segments_from_checkpoint": opened.from_checkpoint,
+        }
         if report.last_seq is None:
             if report.incomplete_tail is not None:
                 # The genesis record itself was torn: nothing was ever logged here.
@@ -290,9 +302,18 @@ class AuditLog:
         self._log_id = report.log_id
         self._seq = report.last_seq
         self._last_mac = bytes.fromhex(report.last_mac)
-        for s in report.segments:
-            self._seg_first[s.id] = (s.first_seq, bytes.fromhex(s.first_mac))
         last = report.segments[-1]
+        tracker = opened.verifier.last_tracker
+        # The newest segment holding records is always read record by record (both paths), so its
+        # running summary and hash continue from here.
+        assert tracker is not None and tracker.id == last.id and tracker.size == last.size
+        self._tracker = tracker
+        self._closed_segments = {
+            s.id: s
+            for s in opened.verifier.summaries
+            if s.id != last.id and s.id not in report.stale_segments
+        }
+        self._checkpoint_current = opened.mode == MODE_CHECKPOINT
         self._seg_id = last.id
         self._seg_size = last.size
         self._seg_chain = self._last_mac
@@ -331,8 +352,9 @@ class AuditLog:
         qdir = ensure_dir(self._dir / QUARANTINE_DIR / name)
         for _, path in segs:
             os.rename(path, qdir / path.name)
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(self._dir / HEAD_FILE, qdir / HEAD_FILE)
+        for name in (HEAD_FILE, CHECKPOINT_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self._dir / name, qdir / name)
         fsync_dir(qdir)
         fsync_dir(self._dir)
         return name
@@ -340,7 +362,9 @@ class AuditLog:
     def _start_new_log(self) -> None:
         self._log_id = secrets.token_hex(16)
         self._seq = 0
-        self._seg_first.clear()
+        self._closed_segments.clear()
+        self._tracker = None
+        self._checkpoint_current = False
         existing = list_segments(self._dir)
         self._seg_id = 0
         self._pending_segment = 1 if not existing else existing[-1][0] + 1
@@ -431,11 +455,15 @@ class AuditLog:
             },
         )
         present = [sid for sid, _ in list_segments(self._dir)]
-        if len(present) <= self._max_segments:
-            return
+        if len(present) > self._max_segments:
+            self._drop_oldest(present)
+        # After the unlink: a crash before this leaves the previous checkpoint, which lacks the
+        # segment just closed, so the next open simply verifies in full.
+        self._save_checkpoint()
+
+    def _drop_oldest(self, present: list[int]) -> None:
         drop = present[: len(present) - self._max_segments]
-        keep = present[len(present) - self._max_segments]
-        first_seq, first_mac = self._seg_first[keep]
+        keep = self._closed_segments[present[len(present) - self._max_segments]]
         # Anchor first, unlink second: a crash in between leaves "stale" segments a verifier
         # accepts and the next open removes, never a gap nobody announced.
         self._emit(
@@ -444,13 +472,32 @@ class AuditLog:
             None,
             None,
             None,
-            {"dropped": drop, "first_segment": keep, "first_seq": first_seq, "first_mac": first_mac.hex()},
+            {
+                "dropped": drop,
+                "first_segment": keep.id,
+                "first_seq": keep.first_seq,
+                "first_mac": keep.first_mac.hex(),
+            },
         )
         for sid in drop:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._dir / segment_name(sid))
-            self._seg_first.pop(sid, None)
+            self._closed_segments.pop(sid, None)
         fsync_dir(self._dir)
+
+    def _save_checkpoint(self) -> None:
+        if self._checkpoint_current:
+            return
+        summaries = [self._closed_segments[sid] for sid in sorted(self._closed_segments)]
+        try:
+            write_checkpoint(self._dir, self._key, self._log_id, summaries, self._limits)
+        except OSError as exc:
+            # Only the next open's speed depends on it (it verifies in full without one), so a
+            # full disk must not fail the append whose record is already durable.
+            self._checkpoint_error = exc.strerror or str(exc)
+            return
+        self._checkpoint_error = None
+        self._checkpoint_current = True
 
     def _open_pending_segment(self) -> None:
         assert self._pending_segment is not None
@@ -460,6 +507,10 @@ class AuditLog:
         fsync_dir(self._dir)
         if self._fd is not None:
             os.close(self._fd)
+        if self._tracker is not None and self._tracker.records:
+            self._closed_segments[self._tracker.id] = self._tracker.summary()
+            self._checkpoint_current = False
+        self._tracker = SegmentTracker(sid)
         self._fd = fd
         self._seg_id = sid
         self._seg_size = 0
@@ -492,14 +543,15 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._seg_size)
             raise AuditError(f"audit write failed: {exc.strerror}", code="audit.write_failed") from exc
-        if self._seg_size == 0:
-            self._seg_first[self._seg_id] = (seq, mac)
+        rec = AuditRecord(seq, self._seg_id, event, outcome, fields["time"], fields, line, mac)
+        assert self._tracker is not None and self._tracker.id == self._seg_id
+        self._tracker.add(rec)
+        self._tracker.add_bytes(data)
         self._seg_size += len(data)
         self._seq = seq
         self._seg_chain = mac
         self._last_mac = mac
         self._write_head()
-        rec = AuditRecord(seq, self._seg_id, event, outcome, fields["time"], fields, line, mac)
         for listener in list(self._listeners):
             with contextlib.suppress(Exception):  # a listener must never break the log
                 listener(rec)
