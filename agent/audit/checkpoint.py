@@ -86,15 +86,6 @@ class Checkpoint:
     segments: Mapping[int, SegmentSummary]
 
 
-@dataclass(frozen=True)
-class ClosedSegment:
-    """A closed segment as found on disk: what its summary must match."""
-
-    id: int
-    size: int
-    sha256: bytes
-
-
 # --- format (pure) ------------------------------------------------------------------------------
 
 
@@ -219,95 +210,88 @@ def _parse_summary(raw: Any, log_id: str) -> SegmentSummary:
 # --- verification (pure) ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OpenedLog:
+    report: VerifyReport
+    verifier: ChainVerifier  # summaries of every segment, the newest one's live tracker
+    mode: str  # MODE_CHECKPOINT or MODE_FULL
+    from_checkpoint: int  # segments taken from the checkpoint
+
+
 def verify_with_checkpoint(
-    checkpoint: Checkpoint,
-    closed: Sequence[ClosedSegment],
-    newest: tuple[int, bytes],
+    checkpoint: bytes,
+    segments: Sequence[tuple[int, bytes]],
     key: bytes,
     head: bytes | None,
     *,
     limits: AuditLimits,
-) -> tuple[VerifyReport, ChainVerifier]:
-    """Verify a log whose closed segments are vouched for by ``checkpoint``: each must have a
-    summary of the same size and SHA-256 (else CheckpointUnusable); ``newest`` is read record by
-    record. Raises AuditTampered as full verification would for the same input (the caller still
-    falls back on any failure, so a difference could only cost time, never a verdict)."""
+) -> OpenedLog:
+    """Verify a log whose closed segments (all but the newest) are vouched for by ``checkpoint``:
+    each must have a summary of the same size and SHA-256, else CheckpointUnusable. The newest
+    segment is read record by record. Raises AuditTampered as full verification would for the
+    same input."""
+    cp = open_checkpoint(key, checkpoint, limits)
+    if len(segments) < 2:
+        raise CheckpointUnusable("no closed segment to vouch for")
     verifier = ChainVerifier(key, limits)
-    for seg in closed:
-        s = checkpoint.segments.get(seg.id)
-        if s is None or s.size != seg.size or not hmac.compare_digest(s.sha256, seg.sha256):
-            raise CheckpointUnusable(f"segment {seg.id} is not the one the checkpoint describes")
+    for sid, data in segments[:-1]:
+        s = cp.segments.get(sid)
+        if s is None or s.size != len(data) or not hmac.compare_digest(s.sha256, hashlib.sha256(data).digest()):
+            raise CheckpointUnusable(f"segment {sid} is not the one the checkpoint describes")
         verifier.feed_summary(s)
-    sid, data = newest
+    sid, data = segments[-1]
     for _ in verifier.feed(sid, data, last=True):
         pass
     tracker = verifier.last_tracker
     if tracker is None or tracker.id != sid:
         # A rotation interrupted before the newest segment's first record: rare, and the writer
-        # needs the previous segment's running hash to finish it; verify in full.
+        # needs the previous segment's running hash to finish it, so verify in full.
         raise CheckpointUnusable("the newest segment holds no complete record")
-    return verifier.finish(head), verifier
+    return OpenedLog(verifier.finish(head), verifier, MODE_CHECKPOINT, len(segments) - 1)
 
 
-def verify_full(
-    segments: Sequence[tuple[int, bytes]], key: bytes, head: bytes | None, *, limits: AuditLimits
-) -> tuple[VerifyReport, ChainVerifier]:
+def verify_at_open(
+    checkpoint: bytes | None,
+    segments: Sequence[tuple[int, bytes]],
+    key: bytes,
+    head: bytes | None,
+    *,
+    limits: AuditLimits,
+) -> OpenedLog:
+    """The writer's verification at open: through the checkpoint when it vouches for every closed
+    segment; otherwise, and after ANY failure on that path, in full. So the verdict (report or
+    AuditTampered code) is always the full verification's; the checkpoint only saves time."""
+    if checkpoint is not None:
+        with contextlib.suppress(CheckpointUnusable, AuditTampered):
+            return verify_with_checkpoint(checkpoint, segments, key, head, limits=limits)
     verifier = ChainVerifier(key, limits)
     for i, (sid, data) in enumerate(segments):
         for _ in verifier.feed(sid, data, last=i == len(segments) - 1):
             pass
-    return verifier.finish(head), verifier
+    return OpenedLog(verifier.finish(head), verifier, MODE_FULL, 0)
 
 
 # --- file adapter -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OpenedLog:
-    report: VerifyReport
-    verifier: ChainVerifier  # summaries of every segment read, the newest one's live tracker
-    mode: str  # MODE_CHECKPOINT or MODE_FULL
-    from_checkpoint: int  # segments taken from the checkpoint
-
-
-def read_checkpoint(directory: Path, key: bytes, limits: AuditLimits) -> Checkpoint:
+def read_checkpoint(directory: Path, limits: AuditLimits) -> bytes | None:
     try:
-        data = read_bounded(directory / CHECKPOINT_FILE, limits.max_checkpoint_bytes)
-    except AuditError:  # missing, unreadable or oversized: the slow path still works
-        raise CheckpointUnusable("no readable checkpoint") from None
-    return open_checkpoint(key, data, limits)
-
-
-def _closed_on_disk(
-    checkpoint: Checkpoint, segs: Sequence[tuple[int, Path]], limits: AuditLimits
-) -> list[ClosedSegment]:
-    out = []
-    for sid, path in segs:
-        s = checkpoint.segments.get(sid)
-        # Compare sizes before hashing, so a planted huge file is never read on this path.
-        if s is None or os.stat(path).st_size != s.size:
-            raise CheckpointUnusable(f"segment {sid} is not described by the checkpoint")
-        data = read_bounded(path, limits.max_segment_read_bytes)
-        out.append(ClosedSegment(sid, len(data), hashlib.sha256(data).digest()))
-    return out
+        return read_bounded(directory / CHECKPOINT_FILE, limits.max_checkpoint_bytes)
+    except AuditError:  # missing, unreadable or oversized: full verification still works
+        return None
 
 
 def open_directory(directory: Path, key: bytes, limits: AuditLimits) -> OpenedLog:
-    """Verify the log in ``directory`` for the writer: via the checkpoint when it vouches for every
-    closed segment, else (or on any failure there) in full. Raises AuditTampered as
-    ``verify_directory`` does."""
+    """Read the log in ``directory`` (bounded, as ``verify_directory``) and verify it for the
+    writer (``verify_at_open``). Hashing the closed segments runs at C speed; only the newest
+    segment's records are checked one by one in Python."""
     segs = list_segments(directory)
+    if len(segs) > limits.max_segments_read:
+        raise AuditTampered("audit.too_many_segments", None, "more segments than any writer keeps")
     head = read_head(directory, limits)
-    if len(segs) >= 2:
-        with contextlib.suppress(CheckpointUnusable, AuditError, OSError):
-            cp = read_checkpoint(directory, key, limits)
-            closed = _closed_on_disk(cp, segs[:-1], limits)
-            newest = (segs[-1][0], read_bounded(segs[-1][1], limits.max_segment_read_bytes))
-            report, verifier = verify_with_checkpoint(cp, closed, newest, key, head, limits=limits)
-            return OpenedLog(report, verifier, MODE_CHECKPOINT, len(closed))
+    checkpoint = read_checkpoint(directory, limits)
     data = [(sid, read_bounded(p, limits.max_segment_read_bytes)) for sid, p in segs]
-    report, verifier = verify_full(data, key, head, limits=limits)
-    return OpenedLog(report, verifier, MODE_FULL, 0)
+    return verify_at_open(checkpoint, data, key, head, limits=limits)
 
 
 def write_checkpoint(

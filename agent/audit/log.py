@@ -241,6 +241,8 @@ class AuditLog:
                 "max_segments": self._max_segments,
                 "max_segment_bytes": self._max_segment_bytes,
                 "quarantined": bool(self.open_failure) or (self._dir / QUARANTINE_DIR).exists(),
+                "open": dict(self.open_stats),
+                "checkpoint_error": self._checkpoint_error,
             }
 
     @property
