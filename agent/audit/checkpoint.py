@@ -53,6 +53,7 @@ from agent.audit.verify import (
     Anchor,
     ChainVerifier,
     SegmentSummary,
+    SegmentTracker,
     VerifyReport,
     _check_schema,
     _int,
@@ -228,11 +229,13 @@ def verify_with_checkpoint(
 ) -> OpenedLog:
     """Verify a log whose closed segments (all but the newest) are vouched for by ``checkpoint``:
     each must have a summary of the same size and SHA-256, else CheckpointUnusable. The newest
-    segment is read record by record. Raises AuditTampered as full verification would for the
+    segment is read record by record from where the checkpoint's summary of it ends, if it has
+    one whose bytes are still the file's prefix (written at clean shutdown; a segment is
+    append-only), else from its start. Raises AuditTampered as full verification would for the
     same input."""
     cp = open_checkpoint(key, checkpoint, limits)
-    if len(segments) < 2:
-        raise CheckpointUnusable("no closed segment to vouch for")
+    if not segments:
+        raise CheckpointUnusable("no segment to vouch for")
     verifier = ChainVerifier(key, limits)
     for sid, data in segments[:-1]:
         s = cp.segments.get(sid)
@@ -240,14 +243,25 @@ def verify_with_checkpoint(
             raise CheckpointUnusable(f"segment {sid} is not the one the checkpoint describes")
         verifier.feed_summary(s)
     sid, data = segments[-1]
-    for _ in verifier.feed(sid, data, last=True):
+    prefix = _matching_prefix(cp.segments.get(sid), data)
+    if prefix is None and len(segments) == 1:
+        raise CheckpointUnusable("the checkpoint vouches for nothing here")
+    records = verifier.feed(sid, data, last=True) if prefix is None else verifier.feed_resumed(prefix, data)
+    for _ in records:
         pass
     tracker = verifier.last_tracker
     if tracker is None or tracker.id != sid:
         # A rotation interrupted before the newest segment's first record: rare, and the writer
         # needs the previous segment's running hash to finish it, so verify in full.
         raise CheckpointUnusable("the newest segment holds no complete record")
-    return OpenedLog(verifier.finish(head), verifier, MODE_CHECKPOINT, len(segments) - 1)
+    return OpenedLog(verifier.finish(head), verifier, MODE_CHECKPOINT, len(segments) - 1 + (prefix is not None))
+
+
+def _matching_prefix(summary: SegmentSummary | None, data: bytes) -> SegmentTracker | None:
+    if summary is None or summary.size > len(data):
+        return None
+    tracker = SegmentTracker.resume(summary, memoryview(data)[: summary.size])
+    return tracker if hmac.compare_digest(tracker.digest(), summary.sha256) else None
 
 
 def verify_at_open(

@@ -160,6 +160,31 @@ class SegmentTracker:
         self._last_event = rec.event
         self.records += 1
 
+    @classmethod
+    def resume(cls, summary: SegmentSummary, prefix: bytes | memoryview) -> SegmentTracker:
+        """Continue a summary whose bytes are ``prefix`` (compare ``digest()`` with the summary's)."""
+        t = cls(summary.id)
+        t.add_bytes(prefix)
+        t.records = summary.records
+        t._first = summary.first
+        t._first_mac = summary.first_mac
+        t._last_seq = summary.last_seq
+        t._last_mac = summary.last_mac
+        t._prev_mac = summary.prev_mac
+        t._last_event = summary.last_event
+        t._anchor = summary.anchor
+        t._tamper = list(summary.tamper)
+        t._recovered = summary.recovered
+        return t
+
+    @property
+    def last_mac(self) -> bytes:
+        """The chain value for the next record: the last MAC, zeros before the first record."""
+        return self._last_mac
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
     def add_bytes(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
         self.size += len(data)
@@ -328,6 +353,18 @@ class ChainVerifier:
         segments around it run exactly as in ``feed``; the ones inside it ran when the summary
         was made."""
         self._begin_segment(summary.id, summary.size)
+        self._apply_summary(summary)
+        self._summaries.append(summary)
+
+    def feed_resumed(self, prefix: SegmentTracker, data: bytes) -> Iterator[AuditRecord]:
+        """Verify the newest segment from where ``prefix`` (resumed from a checkpoint summary whose
+        SHA-256 the caller matched against ``data[:prefix.size]``) ends: records before that are
+        taken from the summary, the ones after it are checked one by one as in ``feed``."""
+        self._begin_segment(prefix.id, len(data))
+        self._apply_summary(prefix.summary())
+        yield from self._feed_lines(prefix.id, data, True, prefix)
+
+    def _apply_summary(self, summary: SegmentSummary) -> None:
         f = summary.first
         first = AuditRecord(
             seq=f["seq"],
@@ -346,7 +383,6 @@ class ChainVerifier:
             self._last_mac = summary.last_mac
             self._last_event = summary.last_event
             self._rotate_to = summary.id + 1 if summary.last_event == EV_ROTATE else None
-        self._summaries.append(summary)
 
     def _begin_segment(self, segment_id: int, size: int) -> None:
         if self._finished_input:
@@ -373,10 +409,12 @@ class ChainVerifier:
     def _next_seq(self) -> int | None:
         return None if self._last_seq is None else self._last_seq + 1
 
-    def _feed_lines(self, segment_id: int, data: bytes, last: bool) -> Iterator[AuditRecord]:
-        pos = 0
-        chain = ZERO_MAC
-        tracker = SegmentTracker(segment_id)
+    def _feed_lines(
+        self, segment_id: int, data: bytes, last: bool, prefix: SegmentTracker | None = None
+    ) -> Iterator[AuditRecord]:
+        tracker = prefix or SegmentTracker(segment_id)
+        start = pos = tracker.size
+        chain = tracker.last_mac
         max_line = self.limits.max_line_bytes
         while pos < len(data):
             nl = data.find(b"\n", pos, pos + max_line + 1)
@@ -435,7 +473,7 @@ class ChainVerifier:
                 "audit.segment_empty", self._next_seq(), f"segment {segment_id} holds no record"
             )
         size = pos if self._tail is None or self._tail.segment != segment_id else self._tail.offset
-        tracker.add_bytes(memoryview(data)[:size])
+        tracker.add_bytes(memoryview(data)[start:size])
         self._summaries.append(tracker.summary())
         self._last_tracker = tracker
 

@@ -7,6 +7,7 @@ the verdict ("decides") or declined and left it to full verification ("declines"
 from __future__ import annotations
 
 import hashlib
+import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,13 +51,21 @@ DECLINES = "declines"
 
 @dataclass
 class Ctx:
-    built: Built
+    built: Built  # closed cleanly: its checkpoint also covers the newest segment
     other: Built  # another log, same key, rotated the same way
     foreign: Built  # a log of another device (other key)
+    crashed: Files  # built, reopened, APPENDED records appended, then "power cut" (no close)
+
+
+APPENDED = 3
+
+
+def files_of_dir(d: Path) -> Files:
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
 
 
 def files_of(b: Built) -> Files:
-    return {p.name: p.read_bytes() for p in b.directory.iterdir() if p.is_file()}
+    return files_of_dir(b.directory)
 
 
 def seg_names(files: Files) -> list[str]:
@@ -129,6 +138,12 @@ def _edit_outcome(data: bytes) -> bytes:
     return data.replace(b'"outcome":"failure"', b'"outcome":"success"', 1)
 
 
+def _edit_last_record(data: bytes) -> bytes:
+    ls = lines(data)
+    ls[-1] = ls[-1].replace(b'"outcome":"success"', b'"outcome":"failure"')
+    return join(ls)
+
+
 def _flip_mac_digit(data: bytes) -> bytes:
     ls = lines(data)
     line = ls[2]
@@ -192,6 +207,12 @@ def _torn_tail(_c: Ctx, f: Files) -> Files:
 Attack = Callable[[Ctx, Files], Files]
 ATTACKS: list[tuple[str, Attack, str | None, str]] = [
     ("untouched", lambda c, f: f, None, DECIDES),
+    ("records appended after the last clean shutdown (crash)", lambda c, f: c.crashed, None, DECIDES),
+    ("newest segment: a record covered by the checkpoint edited", edit(-1, _edit_outcome), "audit.mac_mismatch",
+     DECIDES),
+    ("newest segment: a record appended after the checkpoint edited",
+     lambda c, f: edit(-1, _edit_last_record)(c, c.crashed),
+     "audit.mac_mismatch", DECIDES),
     ("closed segment: a record edited", edit(0, _edit_outcome), "audit.mac_mismatch", DECLINES),
     ("closed segment: a MAC digit flipped (same size)", edit(1, _flip_mac_digit), "audit.mac_mismatch", DECLINES),
     ("closed segment: its rotate record cut", edit(1, lambda d: join(lines(d)[:-1])), "audit.segment_truncated",
@@ -240,7 +261,14 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Ctx:
     other = build_log(base / "other", 150, min_last=8)
     foreign = build_log(base / "foreign", 150, min_last=8, key=OTHER_KEY)
     assert seg_names(files_of(other)) == seg_names(files_of(built))
-    return Ctx(built, other, foreign)
+    shutil.copytree(built.directory, base / "crashed")
+    log = open_log(base / "crashed")
+    for n in range(APPENDED):
+        log.append("auth.login", outcome="success", details={"n": n})
+    crashed = files_of_dir(base / "crashed")  # what a power cut leaves: records fsynced, no close
+    log.close()
+    assert seg_names(crashed) == seg_names(files_of(built))
+    return Ctx(built, other, foreign, crashed)
 
 
 @pytest.mark.parametrize(("name", "attack", "code", "path"), ATTACKS, ids=[a[0] for a in ATTACKS])
@@ -248,7 +276,7 @@ def test_checkpoint_never_changes_the_verdict(ctx: Ctx, name: str, attack: Attac
                                               path: str) -> None:
     before = files_of(ctx.built)
     files = attack(ctx, before)
-    assert name == "untouched" or files != before, "attack changed nothing"
+    assert name == "untouched" or files not in (before, ctx.crashed) or name.endswith("(crash)"), "no change"
     full = full_verdict(files)
     if code is None:
         assert isinstance(full, VerifyReport), full
@@ -297,12 +325,8 @@ def open_log(d: Path, **kw: int) -> AuditLog:
                     max_segments=kw.get("max_segments", 3), limits=SMALL)
 
 
-def test_open_reads_only_the_newest_segment_record_by_record(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    b = build_log(tmp_path, 300, max_segments=6)
-    assert len(b.segments) == 6
-    newest = len(lines(b.segments[-1][1]))
-    total = sum(len(lines(d)) for _, d in b.segments)
+def test_open_checks_only_records_appended_since_the_checkpoint(ctx: Ctx, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     macs: list[bytes] = []
     real = record_mod.compute_mac
 
@@ -312,16 +336,57 @@ def test_open_reads_only_the_newest_segment_record_by_record(tmp_path: Path,
         return real(key, domain, chain, body)
 
     monkeypatch.setattr(record_mod, "compute_mac", counting)
-    log = open_log(tmp_path, max_segments=6)
+    total = sum(len(lines(d)) for _, d in segments(files_of(ctx.built)))
+    for name, files, expected in [("clean", files_of(ctx.built), 0), ("crashed", ctx.crashed, APPENDED)]:
+        d = tmp_path / name
+        d.mkdir()
+        for fname, data in files.items():
+            (d / fname).write_bytes(data)
+        macs.clear()
+        log = open_log(d)
+        assert log.open_stats == {"mode": MODE_CHECKPOINT, "records_verified": expected,
+                                  "segments_from_checkpoint": 3}, name
+        assert len(macs) == expected, name
+        log.close()
+        # Without the checkpoint the same open checks every record.
+        (d / CHECKPOINT_FILE).unlink()
+        macs.clear()
+        log = open_log(d)
+        log.close()
+        assert log.open_stats["mode"] == MODE_FULL
+        assert len(macs) == log.open_stats["records_verified"] == total + expected
+
+
+def test_a_single_segment_log_opens_from_its_shutdown_checkpoint(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append("auth.login", outcome="success")
     log.close()
-    assert log.open_stats == {"mode": MODE_CHECKPOINT, "records_verified": newest, "segments_from_checkpoint": 5}
-    assert len(macs) == newest < total / 4
-    # Without the checkpoint the same open checks every record.
-    macs.clear()
-    (tmp_path / CHECKPOINT_FILE).unlink()
-    log = open_log(tmp_path, max_segments=6)
+    assert len(list_segments(tmp_path)) == 1
+    log = open_log(tmp_path)
+    assert log.open_failure is None
+    assert log.open_stats == {"mode": MODE_CHECKPOINT, "records_verified": 0, "segments_from_checkpoint": 1}
     log.close()
-    assert log.open_stats["mode"] == MODE_FULL and len(macs) == log.open_stats["records_verified"] == total
+
+
+def test_open_cost_does_not_grow_with_the_log(tmp_path: Path) -> None:
+    # Crash after a few appends, with 2 and with 8 segments: the same records are checked.
+    verified = []
+    for n in (2, 8):
+        d = tmp_path / str(n)
+        log = open_log(d, max_segments=n)
+        while len(list_segments(d)) < n:
+            log.append("auth.login", outcome="success", details={"pad": "p" * 100})
+        log.close()
+        log = open_log(d, max_segments=n)
+        for i in range(APPENDED):
+            log.append("auth.login", outcome="success", details={"i": i})
+        crashed = tmp_path / f"{n}-crashed"
+        shutil.copytree(d, crashed)
+        log.close()
+        reopened = open_log(crashed, max_segments=n)
+        reopened.close()
+        verified.append(reopened.open_stats["records_verified"])
+    assert verified == [APPENDED, APPENDED]
 
 
 def test_writer_summaries_equal_what_verification_derives(ctx: Ctx) -> None:
@@ -337,12 +402,17 @@ def test_writer_summaries_equal_what_verification_derives(ctx: Ctx) -> None:
     assert closed and all(cp.segments[sid] == derived[sid] for sid in closed)
 
 
-def test_checkpoint_file_is_atomic_0600_and_covers_the_closed_segments(ctx: Ctx) -> None:
+def test_checkpoint_covers_closed_segments_at_rotation_and_all_at_close(ctx: Ctx) -> None:
     d = ctx.built.directory
     assert stat.S_IMODE((d / CHECKPOINT_FILE).stat().st_mode) == 0o600
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+    for state in ctx.built.states:  # written by rotations while the log was open
+        cp = open_checkpoint(KEY, state[CHECKPOINT_FILE], SMALL)
+        assert sorted(cp.segments) == [sid for sid, _ in segments(state)][:-1]
     cp = open_checkpoint(KEY, (d / CHECKPOINT_FILE).read_bytes(), SMALL)
-    assert sorted(cp.segments) == [sid for sid, _ in list_segments(d)][:-1]
+    assert sorted(cp.segments) == [sid for sid, _ in list_segments(d)]
+    newest_id, newest = ctx.built.segments[-1]
+    assert cp.segments[newest_id].size == len(newest)
 
 
 def test_edit_while_running_is_not_vouched_for(tmp_path: Path) -> None:
