@@ -68,7 +68,7 @@ CHECKPOINT_DOMAIN = b"camera-audit-checkpoint-v1\x00"
 
 _SUMMARY_KEYS = frozenset(
     {"id", "size", "sha256", "records", "first", "first_mac", "last_seq", "last_mac", "prev_mac",
-     "last_event", "anchor", "tamper", "recovered"}
+     "last_event", "anchor", "tamper", "recovered", "longest"}
 )
 _ANCHOR_KEYS = frozenset({"first_segment", "first_seq", "first_mac"})
 
@@ -145,6 +145,7 @@ def _summary_json(s: SegmentSummary) -> dict[str, Any]:
         },
         "tamper": [dict(t) for t in s.tamper],
         "recovered": s.recovered,
+        "longest": s.longest,
     }
 
 
@@ -205,6 +206,7 @@ def _parse_summary(raw: Any, log_id: str) -> SegmentSummary:
         else Anchor(_count(anchor["first_segment"]), _count(anchor["first_seq"]), _mac(anchor["first_mac"])),
         tamper=tuple(tamper),
         recovered=_count(raw["recovered"]),
+        longest=_count(raw["longest"]),
     )
 
 

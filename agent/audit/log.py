@@ -356,9 +356,9 @@ class AuditLog:
         qdir = ensure_dir(self._dir / QUARANTINE_DIR / name)
         for _, path in segs:
             os.rename(path, qdir / path.name)
-        for name in (HEAD_FILE, CHECKPOINT_FILE):
+        for fname in (HEAD_FILE, CHECKPOINT_FILE):
             with contextlib.suppress(FileNotFoundError):
-                os.rename(self._dir / name, qdir / name)
+                os.rename(self._dir / fname, qdir / fname)
         fsync_dir(qdir)
         fsync_dir(self._dir)
         return name

@@ -100,6 +100,7 @@ class SegmentSummary:
     anchor: Anchor | None  # the newest audit.anchor in this segment
     tamper: tuple[Mapping[str, Any], ...]
     recovered: int
+    longest: int  # longest line: checked against the reader's max_line_bytes, which may be lower
 
     @property
     def first_seq(self) -> int:
@@ -137,6 +138,7 @@ class SegmentTracker:
         self._anchor: Anchor | None = None
         self._tamper: list[Mapping[str, Any]] = []
         self._recovered = 0
+        self._longest = 0
 
     def add(self, rec: AuditRecord) -> None:
         f = rec.fields
@@ -158,6 +160,7 @@ class SegmentTracker:
         self._last_seq = rec.seq
         self._last_mac = rec.mac
         self._last_event = rec.event
+        self._longest = max(self._longest, len(rec.line))
         self.records += 1
 
     @classmethod
@@ -175,6 +178,7 @@ class SegmentTracker:
         t._anchor = summary.anchor
         t._tamper = list(summary.tamper)
         t._recovered = summary.recovered
+        t._longest = summary.longest
         return t
 
     @property
@@ -206,6 +210,7 @@ class SegmentTracker:
             anchor=self._anchor,
             tamper=tuple(self._tamper),
             recovered=self._recovered,
+            longest=self._longest,
         )
 
 
@@ -353,6 +358,7 @@ class ChainVerifier:
         segments around it run exactly as in ``feed``; the ones inside it ran when the summary
         was made."""
         self._begin_segment(summary.id, summary.size)
+        self._check_lines(summary)
         self._apply_summary(summary)
         self._summaries.append(summary)
 
@@ -361,8 +367,16 @@ class ChainVerifier:
         SHA-256 the caller matched against ``data[:prefix.size]``) ends: records before that are
         taken from the summary, the ones after it are checked one by one as in ``feed``."""
         self._begin_segment(prefix.id, len(data))
-        self._apply_summary(prefix.summary())
+        summary = prefix.summary()
+        self._check_lines(summary)
+        self._apply_summary(summary)
         yield from self._feed_lines(prefix.id, data, True, prefix)
+
+    def _check_lines(self, summary: SegmentSummary) -> None:
+        # The one check inside a segment that depends on the reader: a lower line bound than the
+        # writer had (config change). Same verdict as reading the lines would give.
+        if summary.longest > self.limits.max_line_bytes:
+            raise AuditTampered("audit.malformed", None, f"segment {summary.id} holds a line longer than the bound")
 
     def _apply_summary(self, summary: SegmentSummary) -> None:
         f = summary.first

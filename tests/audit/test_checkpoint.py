@@ -6,6 +6,7 @@ the verdict ("decides") or declined and left it to full verification ("declines"
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import stat
@@ -305,9 +306,11 @@ def test_writer_open_on_attacked_files(ctx: Ctx, tmp_path: Path, name: str, atta
     if code is None:
         assert log.open_stats["mode"] == (MODE_CHECKPOINT if path == DECIDES else MODE_FULL)
     else:
-        # The evidence goes to quarantine as it was, checkpoint included.
+        # The evidence goes to quarantine as it was, checkpoint included, and the new log names it.
         (evidence,) = (d / QUARANTINE_DIR).iterdir()
         assert {p.name for p in evidence.iterdir()} == set(files)
+        (tamper,) = verify_directory(d, KEY, limits=SMALL).tamper_events
+        assert tamper["code"] == code and tamper["quarantine"] == evidence.name
     log.append("auth.login", outcome="success")
     log.close()
     if code is None:
@@ -398,8 +401,8 @@ def test_writer_summaries_equal_what_verification_derives(ctx: Ctx) -> None:
         for _ in verifier.feed(sid, data, last=i == len(segs) - 1):
             pass
     derived = {s.id: s for s in verifier.summaries}
-    closed = [sid for sid, _ in segs[:-1]]
-    assert closed and all(cp.segments[sid] == derived[sid] for sid in closed)
+    # Closed at rotation, and the newest one at the clean close.
+    assert len(derived) == 3 and cp.segments == derived
 
 
 def test_checkpoint_covers_closed_segments_at_rotation_and_all_at_close(ctx: Ctx) -> None:
@@ -471,3 +474,15 @@ def test_any_byte_flip_gets_the_full_verdict(small: Files, where: int, xor: int)
         pos -= len(files[n])
     _mode, verdict = open_verdict(files)
     assert verdict == full_verdict(files)
+
+
+def test_a_lower_line_bound_at_open_gets_the_full_verdict(ctx: Ctx) -> None:
+    # A summary stands for lines the reader never sees; its longest line still meets the bound.
+    files = files_of(ctx.built)
+    strict = dataclasses.replace(SMALL, max_line_bytes=200)
+    segs, head = segments(files), files[HEAD_FILE]
+    with pytest.raises(AuditTampered) as full:
+        verify_segments(segs, KEY, head, limits=strict)
+    with pytest.raises(AuditTampered) as opened:
+        verify_at_open(files[CHECKPOINT_FILE], segs, KEY, head, limits=strict)
+    assert full.value.code == opened.value.code == "audit.malformed"
