@@ -3,9 +3,11 @@
 Durability: each record is one ``write`` of a whole line to an O_APPEND descriptor followed by
 ``fsync``; only then is ``head.json`` replaced atomically. A kill -9 or power cut therefore leaves
 at most a torn LAST line and a head pointer at most one record behind. On open the writer verifies
-the whole log; a torn tail is cut off and an ``audit.recovered`` record says how many bytes went,
-so the repaired chain verifies again. Any other failure is tampering: the segments and head are
-moved, untouched, to ``quarantine/<time>/`` as evidence and a new log starts whose second record is
+the log (checkpoint.py: unchanged segments via their MACed summaries, the rest record by record,
+with exactly the verdict of full verification); a torn tail is cut off and an ``audit.recovered``
+record says how many bytes went, so the repaired chain verifies again. Any other failure is
+tampering: the segments, head and checkpoint are moved, untouched, to ``quarantine/<time>/`` as
+evidence and a new log starts whose second record is
 ``audit.tamper_detected`` with the verifier's code, seq and reason.
 
 Rotation is recorded in the chain: ``audit.rotate`` ends a full segment, ``audit.segment`` starts

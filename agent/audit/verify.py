@@ -19,6 +19,10 @@ What is checked, in order of reading:
   rename), never behind it (records cut from the end).
 A final line without its newline in the LAST segment is an incomplete tail (a torn write), reported
 separately from tampering; anywhere else it is tampering.
+
+``feed_summary`` / ``feed_resumed`` take a segment (or the newest one's prefix) from a
+``SegmentSummary`` instead of its bytes; the checks between segments run all the same. Only the
+writer's open uses them (checkpoint.py); ``verify_directory``, the CLI and the API read every record.
 """
 
 from __future__ import annotations
