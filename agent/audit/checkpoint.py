@@ -1,25 +1,28 @@
-"""Checkpoint of the closed segments, so that opening the log costs one segment, not the whole log.
+"""Checkpoint of the segments, so that opening the log does not cost reading every record.
 
 Verifying every record at open takes seconds for a full log (docs/benchmarks-audit.md), far more
-under emulation or on a small SoC. A closed segment never changes, so the writer, which produced
-its records, keeps a MACed statement about each one in ``checkpoint.json``:
+under emulation or on a small SoC. Segments are append-only and a closed one never changes, so the
+writer, which produced their records, keeps a MACed statement about each in ``checkpoint.json``:
 
     {"log": <id>, "segments": [{id, size, sha256, records, first record, first/last/prev MAC,
-      last seq and event, newest anchor, tamper records, recovered count}, ...], "v": 1, "mac": ...}
+      last seq and event, newest anchor, tamper records, recovered count, longest line}, ...],
+     "v": 1, "mac": ...}
 
 in the record line format with its own domain (``"camera-audit-checkpoint-v1\\0"``, no chain): MAC
 first, then parse, every member checked. The summary is built by ``SegmentTracker`` from the records
 as they are written, i.e. by the same code that builds it from verified records, and is bound to
 the file by size and SHA-256 (hashed incrementally while writing: a segment edited while the agent
-ran does not match).
+ran does not match). Rotation writes the closed segments' summaries; a clean shutdown adds the
+open segment's, as far as it goes.
 
-At open (``open_directory``): when every segment but the newest has a summary whose size and
+At open (``verify_at_open``): when every segment but the newest has a summary whose size and
 SHA-256 match the file, ``ChainVerifier.feed_summary`` stands in for reading its records (the checks
-between segments - ids, rotation, links, log id, seq - still run), the newest segment is verified
-record by record, and ``finish`` checks the head pointer and the anchor exactly as before. Anything
-else (no checkpoint, bad MAC, another log, a missing or different summary, a torn newest segment)
-and any failure on this path falls back to full verification, so what open reports - the report
-or the ``AuditTampered`` code - is by construction what full verification reports.
+between segments - ids, rotation, links, log id, seq - still run); the newest segment is verified
+record by record, from the end of its summarised prefix if the file still starts with exactly
+those bytes; and ``finish`` checks the head pointer and the anchor as before. Anything else (no
+checkpoint, bad MAC, another log, a missing or different summary, a torn newest segment) and ANY
+failure on this path fall back to full verification, so what open reports - the report or the
+``AuditTampered`` code - is by construction what full verification reports.
 
 Rollback: the checkpoint adds no trust in what is *present*; truncation is still caught by the head
 pointer in ``finish``. An older checkpoint lacks the newer segments (-> full verification); an older
