@@ -24,6 +24,9 @@ class AuditLimits:
     max_segment_read_bytes: int = 64 * MIB
     max_segments_read: int = 1024
     max_head_bytes: int = 4096
+    # checkpoint.json: about 1 KiB per closed segment; above this the writer keeps none (every
+    # open then verifies the whole log) rather than let a reader parse an unbounded file.
+    max_checkpoint_bytes: int = 256 * 1024
     # Forwarder queue (records held in memory while the syslog server is unreachable).
     forward_queue: int = 4096
 

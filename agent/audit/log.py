@@ -3,9 +3,11 @@
 Durability: each record is one ``write`` of a whole line to an O_APPEND descriptor followed by
 ``fsync``; only then is ``head.json`` replaced atomically. A kill -9 or power cut therefore leaves
 at most a torn LAST line and a head pointer at most one record behind. On open the writer verifies
-the whole log; a torn tail is cut off and an ``audit.recovered`` record says how many bytes went,
-so the repaired chain verifies again. Any other failure is tampering: the segments and head are
-moved, untouched, to ``quarantine/<time>/`` as evidence and a new log starts whose second record is
+the log (checkpoint.py: unchanged segments via their MACed summaries, the rest record by record,
+with exactly the verdict of full verification); a torn tail is cut off and an ``audit.recovered``
+record says how many bytes went, so the repaired chain verifies again. Any other failure is
+tampering: the segments, head and checkpoint are moved, untouched, to ``quarantine/<time>/`` as
+evidence and a new log starts whose second record is
 ``audit.tamper_detected`` with the verifier's code, seq and reason.
 
 Rotation is recorded in the chain: ``audit.rotate`` ends a full segment, ``audit.segment`` starts
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.audit.checkpoint import CHECKPOINT_FILE, MODE_CHECKPOINT, open_directory, write_checkpoint
 from agent.audit.errors import AuditError, AuditTampered
 from agent.audit.limits import MIB, AuditLimits
 from agent.audit.record import (
@@ -52,12 +55,12 @@ from agent.audit.record import (
 from agent.audit.verify import (
     HEAD_FILE,
     QUARANTINE_DIR,
+    SegmentSummary,
+    SegmentTracker,
     VerifyReport,
     list_segments,
-    read_bounded,
     read_head,
     segment_name,
-    verify_segments,
 )
 from agent.state import atomic_write, ensure_dir, fsync_dir
 
@@ -119,12 +122,18 @@ class AuditLog:
         self._seg_chain = ZERO_MAC  # MAC of the last record in the current segment
         self._last_mac = ZERO_MAC
         self._pending_segment: int | None = None  # next record opens this segment
-        self._seg_first: dict[int, tuple[int, bytes]] = {}  # id -> (first seq, first mac)
+        # Checkpoint state: summaries of the retained closed segments, the open one's running one.
+        self._closed_segments: dict[int, SegmentSummary] = {}
+        self._tracker: SegmentTracker | None = None
+        self._checkpoint_current = False
+        self._checkpoint_error: str | None = None
         self.opened_with: VerifyReport | None = None
         self.open_failure: AuditTampered | None = None
+        self.open_stats: dict[str, Any] = {}
         ensure_dir(directory)
         with self._lock:
             self._open()
+            self._save_checkpoint()
 
     # --- public API (docs/contracts.md) -----------------------------------------------------------
 
@@ -194,6 +203,9 @@ class AuditLog:
             if self._closed:
                 return
             self._closed = True
+            # Clean shutdown: vouch for the open segment as far as it goes, so the next open
+            # checks no record at all (after a crash, only those appended since).
+            self._save_checkpoint(with_open=True)
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -233,6 +245,8 @@ class AuditLog:
                 "max_segments": self._max_segments,
                 "max_segment_bytes": self._max_segment_bytes,
                 "quarantined": bool(self.open_failure) or (self._dir / QUARANTINE_DIR).exists(),
+                "open": dict(self.open_stats),
+                "checkpoint_error": self._checkpoint_error,
             }
 
     @property
@@ -262,9 +276,7 @@ class AuditLog:
     def _open(self) -> None:
         segs = list_segments(self._dir)
         try:
-            head = read_head(self._dir, self._limits)
-            data = [(sid, read_bounded(p, self._limits.max_segment_read_bytes)) for sid, p in segs]
-            report = verify_segments(data, self._key, head, limits=self._limits)
+            opened = open_directory(self._dir, self._key, self._limits)
         except AuditTampered as exc:
             self.open_failure = exc
             where = self._quarantine(segs)
@@ -278,7 +290,13 @@ class AuditLog:
                 {"code": exc.code, "seq": exc.seq, "reason": exc.reason, "quarantine": where},
             )
             return
+        report = opened.report
         self.opened_with = report
+        self.open_stats = {
+            "mode": opened.mode,
+            "records_verified": opened.verifier.records_verified,
+            "segments_from_checkpoint": opened.from_checkpoint,
+        }
         if report.last_seq is None:
             if report.incomplete_tail is not None:
                 # The genesis record itself was torn: nothing was ever logged here.
@@ -290,9 +308,18 @@ class AuditLog:
         self._log_id = report.log_id
         self._seq = report.last_seq
         self._last_mac = bytes.fromhex(report.last_mac)
-        for s in report.segments:
-            self._seg_first[s.id] = (s.first_seq, bytes.fromhex(s.first_mac))
         last = report.segments[-1]
+        tracker = opened.verifier.last_tracker
+        # The newest segment holding records is always read record by record (both paths), so its
+        # running summary and hash continue from here.
+        assert tracker is not None and tracker.id == last.id and tracker.size == last.size
+        self._tracker = tracker
+        self._closed_segments = {
+            s.id: s
+            for s in opened.verifier.summaries
+            if s.id != last.id and s.id not in report.stale_segments
+        }
+        self._checkpoint_current = opened.mode == MODE_CHECKPOINT
         self._seg_id = last.id
         self._seg_size = last.size
         self._seg_chain = self._last_mac
@@ -331,8 +358,9 @@ class AuditLog:
         qdir = ensure_dir(self._dir / QUARANTINE_DIR / name)
         for _, path in segs:
             os.rename(path, qdir / path.name)
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(self._dir / HEAD_FILE, qdir / HEAD_FILE)
+        for fname in (HEAD_FILE, CHECKPOINT_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self._dir / fname, qdir / fname)
         fsync_dir(qdir)
         fsync_dir(self._dir)
         return name
@@ -340,7 +368,9 @@ class AuditLog:
     def _start_new_log(self) -> None:
         self._log_id = secrets.token_hex(16)
         self._seq = 0
-        self._seg_first.clear()
+        self._closed_segments.clear()
+        self._tracker = None
+        self._checkpoint_current = False
         existing = list_segments(self._dir)
         self._seg_id = 0
         self._pending_segment = 1 if not existing else existing[-1][0] + 1
@@ -431,11 +461,15 @@ class AuditLog:
             },
         )
         present = [sid for sid, _ in list_segments(self._dir)]
-        if len(present) <= self._max_segments:
-            return
+        if len(present) > self._max_segments:
+            self._drop_oldest(present)
+        # After the unlink: a crash before this leaves the previous checkpoint, which lacks the
+        # segment just closed, so the next open simply verifies in full.
+        self._save_checkpoint()
+
+    def _drop_oldest(self, present: list[int]) -> None:
         drop = present[: len(present) - self._max_segments]
-        keep = present[len(present) - self._max_segments]
-        first_seq, first_mac = self._seg_first[keep]
+        keep = self._closed_segments[present[len(present) - self._max_segments]]
         # Anchor first, unlink second: a crash in between leaves "stale" segments a verifier
         # accepts and the next open removes, never a gap nobody announced.
         self._emit(
@@ -444,13 +478,34 @@ class AuditLog:
             None,
             None,
             None,
-            {"dropped": drop, "first_segment": keep, "first_seq": first_seq, "first_mac": first_mac.hex()},
+            {
+                "dropped": drop,
+                "first_segment": keep.id,
+                "first_seq": keep.first_seq,
+                "first_mac": keep.first_mac.hex(),
+            },
         )
         for sid in drop:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._dir / segment_name(sid))
-            self._seg_first.pop(sid, None)
+            self._closed_segments.pop(sid, None)
         fsync_dir(self._dir)
+
+    def _save_checkpoint(self, *, with_open: bool = False) -> None:
+        if self._checkpoint_current and not with_open:
+            return
+        summaries = [self._closed_segments[sid] for sid in sorted(self._closed_segments)]
+        if with_open and self._tracker is not None and self._tracker.records:
+            summaries.append(self._tracker.summary())
+        try:
+            write_checkpoint(self._dir, self._key, self._log_id, summaries, self._limits)
+        except OSError as exc:
+            # Only the next open's speed depends on it (it verifies in full without one), so a
+            # full disk must not fail the append whose record is already durable.
+            self._checkpoint_error = exc.strerror or str(exc)
+            return
+        self._checkpoint_error = None
+        self._checkpoint_current = True
 
     def _open_pending_segment(self) -> None:
         assert self._pending_segment is not None
@@ -460,6 +515,10 @@ class AuditLog:
         fsync_dir(self._dir)
         if self._fd is not None:
             os.close(self._fd)
+        if self._tracker is not None and self._tracker.records:
+            self._closed_segments[self._tracker.id] = self._tracker.summary()
+            self._checkpoint_current = False
+        self._tracker = SegmentTracker(sid)
         self._fd = fd
         self._seg_id = sid
         self._seg_size = 0
@@ -492,14 +551,15 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._seg_size)
             raise AuditError(f"audit write failed: {exc.strerror}", code="audit.write_failed") from exc
-        if self._seg_size == 0:
-            self._seg_first[self._seg_id] = (seq, mac)
+        rec = AuditRecord(seq, self._seg_id, event, outcome, fields["time"], fields, line, mac)
+        assert self._tracker is not None and self._tracker.id == self._seg_id
+        self._tracker.add(rec)
+        self._tracker.add_bytes(data)
         self._seg_size += len(data)
         self._seq = seq
         self._seg_chain = mac
         self._last_mac = mac
         self._write_head()
-        rec = AuditRecord(seq, self._seg_id, event, outcome, fields["time"], fields, line, mac)
         for listener in list(self._listeners):
             with contextlib.suppress(Exception):  # a listener must never break the log
                 listener(rec)

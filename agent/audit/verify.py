@@ -19,10 +19,15 @@ What is checked, in order of reading:
   rename), never behind it (records cut from the end).
 A final line without its newline in the LAST segment is an incomplete tail (a torn write), reported
 separately from tampering; anywhere else it is tampering.
+
+``feed_summary`` / ``feed_resumed`` take a segment (or the newest one's prefix) from a
+``SegmentSummary`` instead of its bytes; the checks between segments run all the same. Only the
+writer's open uses them (checkpoint.py); ``verify_directory``, the CLI and the API read every record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
@@ -71,6 +76,146 @@ class SegmentInfo:
     last_seq: int
     last_mac: str
     size: int  # bytes of complete lines
+
+
+@dataclass(frozen=True)
+class Anchor:
+    first_segment: int
+    first_seq: int
+    first_mac: bytes
+
+
+@dataclass(frozen=True)
+class SegmentSummary:
+    """What one segment's complete records establish, as far as the chain around it is concerned:
+    enough for ``ChainVerifier.feed_summary`` to continue exactly where ``feed`` over the same bytes
+    would. ``size`` and ``sha256`` bind it to those bytes (see checkpoint.py)."""
+
+    id: int
+    size: int
+    sha256: bytes
+    records: int
+    first: Mapping[str, Any]  # the first record's members (audit.genesis / audit.segment), no mac
+    first_mac: bytes
+    last_seq: int
+    last_mac: bytes
+    prev_mac: bytes | None  # the record before the last; None when the segment holds one record
+    last_event: str
+    anchor: Anchor | None  # the newest audit.anchor in this segment
+    tamper: tuple[Mapping[str, Any], ...]
+    recovered: int
+    longest: int  # longest line: checked against the reader's max_line_bytes, which may be lower
+
+    @property
+    def first_seq(self) -> int:
+        return int(self.first["seq"])
+
+    @property
+    def info(self) -> SegmentInfo:
+        return SegmentInfo(
+            self.id,
+            self.records,
+            self.first_seq,
+            self.first_mac.hex(),
+            self.last_seq,
+            self.last_mac.hex(),
+            self.size,
+        )
+
+
+class SegmentTracker:
+    """Builds the ``SegmentSummary`` of one segment from its records in order: the verifier feeds
+    it the records it verified, the writer the records it wrote (one code path for both, so a
+    checkpoint written by the writer says what verification of the same bytes would say)."""
+
+    def __init__(self, segment_id: int) -> None:
+        self.id = segment_id
+        self.records = 0
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._first: Mapping[str, Any] = {}
+        self._first_mac = ZERO_MAC
+        self._last_seq = 0
+        self._last_mac = ZERO_MAC
+        self._prev_mac: bytes | None = None
+        self._last_event = ""
+        self._anchor: Anchor | None = None
+        self._tamper: list[Mapping[str, Any]] = []
+        self._recovered = 0
+        self._longest = 0
+
+    def add(self, rec: AuditRecord) -> None:
+        f = rec.fields
+        if rec.event == EV_ANCHOR:
+            self._anchor = Anchor(
+                _detail_int(f, "first_segment", rec.seq),
+                _detail_int(f, "first_seq", rec.seq),
+                _detail_mac(f, "first_mac", rec.seq),
+            )
+        elif rec.event == EV_TAMPER:
+            self._tamper.append({"seq": rec.seq, "time": rec.time, **f["details"]})
+        elif rec.event == EV_RECOVERED:
+            self._recovered += 1
+        if self.records == 0:
+            self._first = f
+            self._first_mac = rec.mac
+        else:
+            self._prev_mac = self._last_mac
+        self._last_seq = rec.seq
+        self._last_mac = rec.mac
+        self._last_event = rec.event
+        self._longest = max(self._longest, len(rec.line))
+        self.records += 1
+
+    @classmethod
+    def resume(cls, summary: SegmentSummary, prefix: bytes | memoryview) -> SegmentTracker:
+        """Continue a summary whose bytes are ``prefix`` (compare ``digest()`` with the summary's)."""
+        t = cls(summary.id)
+        t.add_bytes(prefix)
+        t.records = summary.records
+        t._first = summary.first
+        t._first_mac = summary.first_mac
+        t._last_seq = summary.last_seq
+        t._last_mac = summary.last_mac
+        t._prev_mac = summary.prev_mac
+        t._last_event = summary.last_event
+        t._anchor = summary.anchor
+        t._tamper = list(summary.tamper)
+        t._recovered = summary.recovered
+        t._longest = summary.longest
+        return t
+
+    @property
+    def last_mac(self) -> bytes:
+        """The chain value for the next record: the last MAC, zeros before the first record."""
+        return self._last_mac
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+    def add_bytes(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+
+    def summary(self) -> SegmentSummary:
+        if self.records == 0:
+            raise AuditError("an empty segment has no summary", code="audit.internal")
+        return SegmentSummary(
+            id=self.id,
+            size=self.size,
+            sha256=self._hash.digest(),
+            records=self.records,
+            first=self._first,
+            first_mac=self._first_mac,
+            last_seq=self._last_seq,
+            last_mac=self._last_mac,
+            prev_mac=self._prev_mac,
+            last_event=self._last_event,
+            anchor=self._anchor,
+            tamper=tuple(self._tamper),
+            recovered=self._recovered,
+            longest=self._longest,
+        )
 
 
 @dataclass(frozen=True)
@@ -179,20 +324,15 @@ def _detail_mac(rec: Mapping[str, Any], name: str, seq: int) -> bytes:
 
 
 @dataclass
-class _Anchor:
-    first_segment: int
-    first_seq: int
-    first_mac: bytes
-
-
-@dataclass
 class ChainVerifier:
     """Incremental verifier: ``feed`` each segment in order (yielding verified records), then
     ``finish`` with the head pointer. Any failure raises ``AuditTampered``."""
 
     key: bytes
     limits: AuditLimits = field(default_factory=AuditLimits)
-    _segments: list[SegmentInfo] = field(default_factory=list)
+    records_verified: int = 0  # lines whose MAC was checked (feed_summary checks none)
+    _summaries: list[SegmentSummary] = field(default_factory=list)
+    _last_tracker: SegmentTracker | None = None  # of the newest segment fed line by line
     _log_id: str | None = None
     _last_seq: int | None = None
     _last_mac: bytes | None = None
@@ -200,21 +340,77 @@ class ChainVerifier:
     _last_event: str | None = None
     _rotate_to: int | None = None  # set when the last record seen is audit.rotate
     _genesis_start: bool = False
-    _anchor: _Anchor | None = None
     _tail: IncompleteTail | None = None
-    _tamper: list[Mapping[str, Any]] = field(default_factory=list)
-    _recovered: int = 0
     _finished_input: bool = False
 
+    @property
+    def summaries(self) -> tuple[SegmentSummary, ...]:
+        return tuple(self._summaries)
+
+    @property
+    def last_tracker(self) -> SegmentTracker | None:
+        """The tracker of the newest segment fed line by line (the writer continues it)."""
+        return self._last_tracker
+
     def feed(self, segment_id: int, data: bytes, *, last: bool) -> Iterator[AuditRecord]:
+        self._begin_segment(segment_id, len(data))
+        yield from self._feed_lines(segment_id, data, last)
+
+    def feed_summary(self, summary: SegmentSummary) -> None:
+        """Continue the chain over a complete, non-final segment known only by its summary (from a
+        MACed checkpoint whose size and SHA-256 matched the file). The checks that involve the
+        segments around it run exactly as in ``feed``; the ones inside it ran when the summary
+        was made."""
+        self._begin_segment(summary.id, summary.size)
+        self._check_lines(summary)
+        self._apply_summary(summary)
+        self._summaries.append(summary)
+
+    def feed_resumed(self, prefix: SegmentTracker, data: bytes) -> Iterator[AuditRecord]:
+        """Verify the newest segment from where ``prefix`` (resumed from a checkpoint summary whose
+        SHA-256 the caller matched against ``data[:prefix.size]``) ends: records before that are
+        taken from the summary, the ones after it are checked one by one as in ``feed``."""
+        self._begin_segment(prefix.id, len(data))
+        summary = prefix.summary()
+        self._check_lines(summary)
+        self._apply_summary(summary)
+        yield from self._feed_lines(prefix.id, data, True, prefix)
+
+    def _check_lines(self, summary: SegmentSummary) -> None:
+        # The one check inside a segment that depends on the reader: a lower line bound than the
+        # writer had (config change). Same verdict as reading the lines would give.
+        if summary.longest > self.limits.max_line_bytes:
+            raise AuditTampered("audit.malformed", None, f"segment {summary.id} holds a line longer than the bound")
+
+    def _apply_summary(self, summary: SegmentSummary) -> None:
+        f = summary.first
+        first = AuditRecord(
+            seq=f["seq"],
+            segment=f["seg"],
+            event=f["event"],
+            outcome=f["outcome"],
+            time=f["time"],
+            fields=f,
+            line=b"",
+            mac=summary.first_mac,
+        )
+        self._accept(first, summary.id, first=True)
+        if summary.records > 1:
+            self._prev_mac = summary.prev_mac
+            self._last_seq = summary.last_seq
+            self._last_mac = summary.last_mac
+            self._last_event = summary.last_event
+            self._rotate_to = summary.id + 1 if summary.last_event == EV_ROTATE else None
+
+    def _begin_segment(self, segment_id: int, size: int) -> None:
         if self._finished_input:
             raise AuditTampered("audit.torn_segment", None, "segment follows a torn segment")
-        if len(self._segments) >= self.limits.max_segments_read:
+        if len(self._summaries) >= self.limits.max_segments_read:
             raise AuditTampered("audit.too_many_segments", None, "more segments than any writer keeps")
-        if len(data) > self.limits.max_segment_read_bytes:
+        if size > self.limits.max_segment_read_bytes:
             raise AuditTampered("audit.segment_too_large", None, f"segment {segment_id} exceeds the bound")
-        if self._segments:
-            prev = self._segments[-1].id
+        if self._summaries:
+            prev = self._summaries[-1].id
             if segment_id != prev + 1:
                 raise AuditTampered(
                     "audit.segment_missing",
@@ -227,16 +423,16 @@ class ChainVerifier:
                     self._next_seq(),
                     f"segment {prev} does not end with a rotation to segment {segment_id}",
                 )
-        yield from self._feed_lines(segment_id, data, last)
 
     def _next_seq(self) -> int | None:
         return None if self._last_seq is None else self._last_seq + 1
 
-    def _feed_lines(self, segment_id: int, data: bytes, last: bool) -> Iterator[AuditRecord]:
-        pos = 0
-        chain = ZERO_MAC
-        count = 0
-        first_seq = first_mac = None
+    def _feed_lines(
+        self, segment_id: int, data: bytes, last: bool, prefix: SegmentTracker | None = None
+    ) -> Iterator[AuditRecord]:
+        tracker = prefix or SegmentTracker(segment_id)
+        start = pos = tracker.size
+        chain = tracker.last_mac
         max_line = self.limits.max_line_bytes
         while pos < len(data):
             nl = data.find(b"\n", pos, pos + max_line + 1)
@@ -254,6 +450,7 @@ class ChainVerifier:
                 )
             line = data[pos:nl]
             pos = nl + 1
+            self.records_verified += 1
             try:
                 obj, mac = open_line(self.key, RECORD_DOMAIN, chain, line)
             except MacMismatch:
@@ -262,7 +459,7 @@ class ChainVerifier:
                 raise AuditTampered(
                     "audit.mac_mismatch",
                     self._next_seq(),
-                    f"record {count + 1} of segment {segment_id} does not verify",
+                    f"record {tracker.records + 1} of segment {segment_id} does not verify",
                 ) from None
             except LineError as exc:
                 raise AuditTampered(
@@ -279,13 +476,11 @@ class ChainVerifier:
                 line=line,
                 mac=mac,
             )
-            self._accept(rec, segment_id, first=count == 0)
+            self._accept(rec, segment_id, first=tracker.records == 0)
+            tracker.add(rec)
             chain = mac
-            count += 1
-            if first_seq is None:
-                first_seq, first_mac = rec.seq, mac
             yield rec
-        if count == 0:
+        if tracker.records == 0:
             if last and (self._tail is not None or not data):
                 # Creating a segment was interrupted before its first record completed (the
                 # file may even be empty: a crash between create and the first write).
@@ -295,14 +490,10 @@ class ChainVerifier:
             raise AuditTampered(
                 "audit.segment_empty", self._next_seq(), f"segment {segment_id} holds no record"
             )
-        assert first_seq is not None and first_mac is not None and self._last_seq is not None
-        assert self._last_mac is not None
         size = pos if self._tail is None or self._tail.segment != segment_id else self._tail.offset
-        self._segments.append(
-            SegmentInfo(
-                segment_id, count, first_seq, first_mac.hex(), self._last_seq, self._last_mac.hex(), size
-            )
-        )
+        tracker.add_bytes(memoryview(data)[start:size])
+        self._summaries.append(tracker.summary())
+        self._last_tracker = tracker
 
     def _accept(self, rec: AuditRecord, segment_id: int, *, first: bool) -> None:
         f = rec.fields
@@ -315,7 +506,7 @@ class ChainVerifier:
             raise AuditTampered("audit.after_rotate", seq, "record after a rotation inside the same segment")
         if first:
             if rec.event == EV_GENESIS:
-                if self._segments or seq != 1:
+                if self._summaries or seq != 1:
                     raise AuditTampered("audit.spliced", seq, "a genesis record inside the log")
                 self._genesis_start = True
                 self._log_id = f["log"]
@@ -324,17 +515,17 @@ class ChainVerifier:
                     raise AuditTampered("audit.segment_renamed", seq, "segment start names another segment")
                 prev_mac = _detail_mac(f, "prev_mac", seq)
                 prev_seq = _detail_int(f, "prev_seq", seq)
-                if self._segments:
+                if self._summaries:
                     assert self._last_mac is not None
                     if (
-                        _detail_int(f, "prev_segment", seq) != self._segments[-1].id
+                        _detail_int(f, "prev_segment", seq) != self._summaries[-1].id
                         or prev_seq != self._last_seq
                         or not hmac.compare_digest(prev_mac, self._last_mac)
                     ):
                         raise AuditTampered(
                             "audit.spliced",
                             seq,
-                            f"segment {segment_id} does not continue segment {self._segments[-1].id}",
+                            f"segment {segment_id} does not continue segment {self._summaries[-1].id}",
                         )
                 else:
                     # Oldest present segment: its predecessor is gone; the anchor check at finish
@@ -356,23 +547,13 @@ class ChainVerifier:
             if nxt != segment_id + 1:
                 raise AuditTampered("audit.malformed", seq, "rotation to a non-consecutive segment")
             self._rotate_to = nxt
-        elif rec.event == EV_ANCHOR:
-            self._anchor = _Anchor(
-                _detail_int(f, "first_segment", seq),
-                _detail_int(f, "first_seq", seq),
-                _detail_mac(f, "first_mac", seq),
-            )
-        elif rec.event == EV_TAMPER:
-            self._tamper.append({"seq": seq, "time": rec.time, **f["details"]})
-        elif rec.event == EV_RECOVERED:
-            self._recovered += 1
         self._prev_mac = self._last_mac
         self._last_seq = seq
         self._last_mac = rec.mac
         self._last_event = rec.event
 
     def finish(self, head: bytes | None) -> VerifyReport:
-        if not self._segments:
+        if not self._summaries:
             if head is not None:
                 raise AuditTampered("audit.log_missing", None, "a head pointer exists but no segment does")
             return VerifyReport(
@@ -393,8 +574,9 @@ class ChainVerifier:
         # Head first: cutting the newest segment also removes the newest anchor, and "records
         # removed from the end" is the more precise diagnosis of that.
         head_seq = self._check_head(head)
-        stale = self._check_start()
-        retained = [s for s in self._segments if s.id not in stale]
+        anchor = next((s.anchor for s in reversed(self._summaries) if s.anchor is not None), None)
+        stale = self._check_start(anchor)
+        retained = [s.info for s in self._summaries if s.id not in stale]
         assert self._last_seq is not None and self._last_mac is not None
         return VerifyReport(
             log_id=self._log_id,
@@ -404,17 +586,17 @@ class ChainVerifier:
             last_mac=self._last_mac.hex(),
             segments=tuple(retained),
             stale_segments=tuple(stale),
-            anchored=self._anchor is not None,
+            anchored=anchor is not None,
             head_seq=head_seq,
             incomplete_tail=self._tail,
-            tamper_events=tuple(self._tamper),
-            recovered_events=self._recovered,
+            tamper_events=tuple(t for s in self._summaries for t in s.tamper),
+            recovered_events=sum(s.recovered for s in self._summaries),
             last_event=self._last_event,
         )
 
-    def _check_start(self) -> list[int]:
-        first = self._segments[0]
-        if self._anchor is None:
+    def _check_start(self, anchor: Anchor | None) -> list[int]:
+        first = self._summaries[0]
+        if anchor is None:
             if not self._genesis_start:
                 raise AuditTampered(
                     "audit.unanchored_start",
@@ -422,26 +604,24 @@ class ChainVerifier:
                     f"log starts at segment {first.id} but no anchor records dropping its predecessors",
                 )
             return []
-        k = self._anchor.first_segment
+        k = anchor.first_segment
         if k < first.id:
             raise AuditTampered(
                 "audit.segment_deleted",
                 None,
                 f"anchor retains segments from {k} but the oldest present is {first.id}",
             )
-        by_id = {s.id: s for s in self._segments}
+        by_id = {s.id: s for s in self._summaries}
         kept = by_id.get(k)
         if kept is None:
             raise AuditTampered(
                 "audit.anchor_mismatch", None, f"anchor names segment {k}, which is not present"
             )
-        if kept.first_seq != self._anchor.first_seq or not hmac.compare_digest(
-            bytes.fromhex(kept.first_mac), self._anchor.first_mac
-        ):
+        if kept.first_seq != anchor.first_seq or not hmac.compare_digest(kept.first_mac, anchor.first_mac):
             raise AuditTampered(
                 "audit.anchor_mismatch", kept.first_seq, f"segment {k} is not the anchored one"
             )
-        return [s.id for s in self._segments if s.id < k]
+        return [s.id for s in self._summaries if s.id < k]
 
     def _check_head(self, head: bytes | None) -> int:
         if head is None:

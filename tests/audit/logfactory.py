@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.audit.checkpoint import CHECKPOINT_FILE
 from agent.audit.limits import AuditLimits
 from agent.audit.log import AuditLog
 from agent.audit.verify import HEAD_FILE, list_segments
@@ -35,6 +36,8 @@ class Built:
     head: bytes
     dropped: dict[int, bytes] = field(default_factory=dict)  # segment bytes seen before rotation dropped them
     heads: list[bytes] = field(default_factory=list)  # head.json after each user record
+    # Every file of the directory each time checkpoint.json changed (i.e. after each rotation).
+    states: list[dict[str, bytes]] = field(default_factory=list)
 
 
 def read_dir(directory: Path) -> tuple[list[tuple[int, bytes]], bytes | None]:
@@ -57,6 +60,7 @@ def build_log(
                    max_segments=max_segments, limits=SMALL)
     dropped: dict[int, bytes] = {}
     heads: list[bytes] = []
+    states: list[dict[str, bytes]] = []
     try:
         i = 0
         while i < records or _last_lines(directory) < min_last:
@@ -66,13 +70,16 @@ def build_log(
             log.append("auth.login", outcome="success" if i % 3 else "failure", actor=f"user{i % 4}",
                        source="192.0.2.7", target=None, details={"i": i})
             heads.append((directory / HEAD_FILE).read_bytes())
+            checkpoint = directory / CHECKPOINT_FILE
+            if checkpoint.exists() and (not states or states[-1].get(CHECKPOINT_FILE) != checkpoint.read_bytes()):
+                states.append({p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()})
             i += 1
     finally:
         log.close()
     segs, head = read_dir(directory)
     assert head is not None
     present = {sid for sid, _ in segs}
-    return Built(directory, segs, head, {k: v for k, v in dropped.items() if k not in present}, heads)
+    return Built(directory, segs, head, {k: v for k, v in dropped.items() if k not in present}, heads, states)
 
 
 def _last_lines(directory: Path) -> int:
