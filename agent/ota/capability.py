@@ -133,19 +133,23 @@ class OtaCapability:
         received = 0
         try:
             try:
-                buf = bytearray()
-                async for chunk in request.content.iter_chunked(256 * 1024):
+                # Whatever the transport has (iter_any: no re-chunking), gathered without copying
+                # and written with one writev per SPOOL_BYTES off the loop.
+                pending: list[bytes] = []
+                pending_bytes = 0
+                async for chunk in request.content.iter_any():
                     received += len(chunk)
                     if received > self._max_bytes:
                         self._svc.audit.append("firmware.upload", outcome="denied", actor=user.username,
                                                source=source, details={"reason": "ota.upload_too_large"})
                         raise web.HTTPRequestEntityTooLarge(max_size=self._max_bytes, actual_size=received)
-                    buf += chunk
-                    if len(buf) >= 1024 * 1024:
-                        await loop.run_in_executor(None, _write_all, fd, bytes(buf))
-                        buf.clear()
-                if buf:
-                    await loop.run_in_executor(None, _write_all, fd, bytes(buf))
+                    pending.append(chunk)
+                    pending_bytes += len(chunk)
+                    if pending_bytes >= SPOOL_BYTES or len(pending) >= SPOOL_IOV:
+                        await loop.run_in_executor(None, _write_all, fd, pending)
+                        pending, pending_bytes = [], 0
+                if pending:
+                    await loop.run_in_executor(None, _write_all, fd, pending)
                 await loop.run_in_executor(None, os.fsync, fd)
             finally:
                 os.close(fd)
@@ -251,8 +255,16 @@ class OtaCapability:
             await asyncio.sleep(interval)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+SPOOL_BYTES = 4 * 1024 * 1024
+SPOOL_IOV = 512  # below IOV_MAX (1024)
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
