@@ -97,8 +97,9 @@ def build_installer(
         return load_keyring(kr)
 
     slots_cfg = section.get("slots", {"type": "file"})
-    # Slot writes bypass the page cache where the target allows it (agent/ota/slots.py).
-    direct_io = bool(section.get("direct_io", True))
+    # O_DIRECT slot writes (agent/ota/slots.py): opt-in - measured no faster than the buffered
+    # writer on this project's host or on the QEMU board (docs/ota.md, section 8).
+    direct_io = bool(section.get("direct_io", False))
     slots: SlotStore
     if slots_cfg.get("type", "file") == "file":
         slots = FileSlots(ota_dir, direct_io=direct_io)

@@ -185,7 +185,7 @@ def _writer(fd: int, limit: int, *, truncate: bool, direct: bool) -> SlotWriter:
 
 
 class FileSlots:
-    def __init__(self, ota_dir: Path, max_slot_bytes: int = 8 * 1024**3, *, direct_io: bool = True) -> None:
+    def __init__(self, ota_dir: Path, max_slot_bytes: int = 8 * 1024**3, *, direct_io: bool = False) -> None:
         self._dir = ota_dir / "slots"
         self._max = max_slot_bytes
         self._direct = direct_io
@@ -207,7 +207,7 @@ class FileSlots:
 class DeviceSlots:
     """``{"A": {"rootfs": /dev/vda4, "fit": /dev/vda2}, "B": {...}}`` - partitions, never resized."""
 
-    def __init__(self, devices: dict[str, dict[str, Path]], *, direct_io: bool = True) -> None:
+    def __init__(self, devices: dict[str, dict[str, Path]], *, direct_io: bool = False) -> None:
         if set(devices) != set(SLOTS) or set(devices["A"]) != set(devices["B"]):
             raise OtaStateError("device slots must name A and B with the same classes", code="ota.slot_config")
         self._devices = devices

@@ -35,7 +35,7 @@ def main() -> int:
     from bootverify.bundle.cms import Keyring
     from bootverify.bundle.verity import BLOCK_SIZE
 
-    bundle_path, profile = sys.argv[1], "--profile" in sys.argv
+    bundle_path, profile = sys.argv[1], "--profile" in sys.argv  # also --phases=a,b,...
     fd = os.open(bundle_path, os.O_RDONLY)
     size = os.fstat(fd).st_size
     keyring = Keyring.from_pem(Path("/etc/camera/ota-keyring.pem").read_bytes())
@@ -93,11 +93,17 @@ def main() -> int:
         variants = [("install", None)]
 
     out["code"] = str(Path(str(__import__("agent").__file__)).parent)
-    timed("read", read_only)
-    timed("verify", lambda: verify_whole_payload(opened()))
-    if "--quick" not in sys.argv:
+    wanted = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--phases=")),
+                  "read,verify,decode,install_buffered,install").split(",")
+    if "read" in wanted:
+        timed("read", read_only)
+    if "verify" in wanted:
+        timed("verify", lambda: verify_whole_payload(opened()))
+    if "decode" in wanted:
         timed("decode", decode_only)
     for name, direct in variants:
+        if name not in wanted:
+            continue
         if profile and name == "install":
             prof = cProfile.Profile()
             prof.enable()

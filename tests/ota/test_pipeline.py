@@ -39,7 +39,7 @@ def _open(data: bytes, keyring: Path) -> OpenedBundle:
     return open_bundle(lambda off, n: data[off : off + n], len(data), Keyring.from_pem(keyring.read_bytes()), now())
 
 
-def _install(bundle: OpenedBundle, tmp: Path, direct_io: bool = True, **kw: int) -> tuple[Path, int]:
+def _install(bundle: OpenedBundle, tmp: Path, direct_io: bool = False, **kw: int) -> tuple[Path, int]:
     entry = bundle.manifest.image("rootfs")
     slots = FileSlots(tmp, direct_io=direct_io)
     writer = slots.open_for_write("B", entry.size or 0)
@@ -83,7 +83,7 @@ def test_pipeline_stops_at_a_bad_block_with_a_verified_prefix(small_block_bundle
     bad = _open(bytes(data), keyring)
     threads = threading.active_count()
     entry = bad.manifest.image("rootfs")
-    slots = FileSlots(tmp_path)
+    slots = FileSlots(tmp_path, direct_io=True)
     writer = slots.open_for_write("B", entry.size or 0)
     with pytest.raises(VerityError):
         write_image(bad, entry, writer, span_blocks=1, workers=2)
@@ -96,7 +96,7 @@ def test_pipeline_stops_at_a_bad_block_with_a_verified_prefix(small_block_bundle
 
 def test_slot_writes_bypass_the_page_cache_where_possible(tmp_path: Path) -> None:
     # ext4 (the test's tmp dir) takes O_DIRECT; an odd length ends in the buffered tail.
-    slots = FileSlots(tmp_path)
+    slots = FileSlots(tmp_path, direct_io=True)
     writer = slots.open_for_write("B", 3 * 4096 + 5)
     assert isinstance(writer, slots_mod._DirectWriter)
     data = os.urandom(3 * 4096 + 5)
