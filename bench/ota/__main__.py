@@ -36,9 +36,9 @@ from agent.config import build_config
 from agent.ota.config import build_installer
 from agent.state import StateDir
 state, keyring, bundle = (Path(a) for a in sys.argv[1:4])
-direct = sys.argv[4] == "direct"
+ota = {"keyring": str(keyring), **({"direct_io": True} if sys.argv[4] == "direct" else {})}
 st = StateDir.open(state)
-cfg = build_config(st.root, {"ota": {"keyring": str(keyring), "direct_io": direct}, "device": {"model": "RC-1000"}})
+cfg = build_config(st.root, {"ota": ota, "device": {"model": "RC-1000"}})
 inst = build_installer(cfg, st, lambda e, o, d: None)
 ru0 = resource.getrusage(resource.RUSAGE_SELF)
 rss0 = ru0.ru_maxrss
@@ -130,14 +130,14 @@ def bench_size(tmp: Path, pki: Path, size_mib: int, repeats: int) -> dict[str, A
     for cache in ("warm", "cold"):
         ours: list[float] = []
         cpu: list[float] = []
-        buffered: list[float] = []
-        buffered_cpu: list[float] = []
+        direct: list[float] = []
+        direct_cpu: list[float] = []
         dds: list[float] = []
         dd_cpu: list[float] = []
         # Every timed run starts from a clean writeback state (sync) with the inputs either in the
-        # page cache or evicted, rotating which peer goes first. "buffered" is the installer with
-        # the page-cache slot writer (ota.direct_io off), to show what O_DIRECT changes.
-        peers = ["ours", "dd", "buffered"]
+        # page cache or evicted, rotating which peer goes first. "direct" is the installer with
+        # the O_DIRECT slot writer (ota.direct_io on; the default is the page-cache writer).
+        peers = ["ours", "dd", "direct"]
         for i in range(repeats):
             for peer in peers[i % 3:] + peers[: i % 3]:
                 os.sync()
@@ -146,12 +146,12 @@ def bench_size(tmp: Path, pki: Path, size_mib: int, repeats: int) -> dict[str, A
                         _read_through(f)
                     else:
                         _evict(f)
-                if peer in ("ours", "buffered"):
+                if peer in ("ours", "direct"):
                     state = tmp / f"state{size_mib}-{cache}-{i}"
                     out = json.loads(run([sys.executable, "-c", WORKER, str(state), str(keyring),
-                                          str(bundle), "direct" if peer == "ours" else "buffered"]).stdout)
-                    (ours if peer == "ours" else buffered).append(out["elapsed"])
-                    (cpu if peer == "ours" else buffered_cpu).append(out["cpu"])
+                                          str(bundle), peer]).stdout)
+                    (ours if peer == "ours" else direct).append(out["elapsed"])
+                    (cpu if peer == "ours" else direct_cpu).append(out["cpu"])
                     rss.append(out["rss_peak_kib"] / 1024)
                     shutil.rmtree(state)
                 else:
@@ -163,8 +163,8 @@ def bench_size(tmp: Path, pki: Path, size_mib: int, repeats: int) -> dict[str, A
         res[cache] = {"install_s": ours_m, "dd_s": dd_m, "install_mib_s": size_mib / ours_m,
                       "dd_mib_s": size_mib / dd_m, "ratio": dd_m / ours_m, "install_cpu_s": statistics.median(cpu),
                       "dd_cpu_s": statistics.median(dd_cpu), "ratios": [d / o for d, o in zip(dds, ours, strict=True)],
-                      "buffered_s": statistics.median(buffered), "buffered_cpu_s": statistics.median(buffered_cpu),
-                      "buffered_ratio": dd_m / statistics.median(buffered)}
+                      "direct_s": statistics.median(direct), "direct_cpu_s": statistics.median(direct_cpu),
+                      "direct_ratio": dd_m / statistics.median(direct)}
     res["peak_rss_mib"] = max(rss)
     res["load_min"], res["load_max"] = min(loads), max(loads)
     sig = json.loads(run([sys.executable, "-c", SIG_WORKER, str(keyring), str(bundle)]).stdout)["median"]
@@ -206,9 +206,9 @@ def main(argv: list[str]) -> int:
         "",
         "Install = signature check + policy + streaming verified write of the image into a file-backed",
         "slot + fsync + boot-state update (in-process timing; agent/ota/pipeline.py: 1 MiB spans verified",
-        "by two worker threads, written by the caller with O_DIRECT from a 4 MiB aligned staging buffer;",
-        "\"buffered\" = the same install with the page-cache writer, `ota.direct_io: false`, in the same",
-        "run). Peer: `dd if=IMAGE of=NEW_FILE bs=1M conv=fsync`",
+        "by two worker threads, written by the caller through the page cache; \"O_DIRECT writer\" = the",
+        "same install with `ota.direct_io: true`, 4 MiB aligned staging buffer, in the same run).",
+        "Peer: `dd if=IMAGE of=NEW_FILE bs=1M conv=fsync`",
         "on the same filesystem (the raw image, not the bundle: what an unverified copy costs).",
         "Ratio = dd time / install time (target >= 0.9). Every run starts after `sync`; warm = both",
         "inputs read into the page cache first, cold = both evicted (POSIX_FADV_DONTNEED); the peers",
@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
         "(squashfs stores those as sparse blocks; both the installer and dd write every byte).",
         "",
         "| image | cache | install | dd | ratio (median; each run) | install CPU | dd CPU "
-        "| buffered writer: time, CPU, ratio | load avg (1 min) |",
+        "| O_DIRECT writer: time, CPU, ratio | load avg (1 min) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -226,7 +226,7 @@ def main(argv: list[str]) -> int:
             lines.append(f"| {r['size_mib']} MiB | {cache} | {c['install_s']:.2f} s ({c['install_mib_s']:.0f} MiB/s) | "
                          f"{c['dd_s']:.2f} s ({c['dd_mib_s']:.0f} MiB/s) | **{c['ratio']:.2f}** ({each}) | "
                          f"{c['install_cpu_s']:.2f} s | {c['dd_cpu_s']:.2f} s | "
-                         f"{c['buffered_s']:.2f} s, {c['buffered_cpu_s']:.2f} s, {c['buffered_ratio']:.2f} | "
+                         f"{c['direct_s']:.2f} s, {c['direct_cpu_s']:.2f} s, {c['direct_ratio']:.2f} | "
                          f"{r['load_min']:.1f}-{r['load_max']:.1f} |")
     lines += [
         "",
