@@ -4,7 +4,8 @@ the management API as the admin, power-cycle, and read the result from the API a
 One provisioned board serves both tests (boots are the expensive part under TCG):
 1. 1.0.0 (security version 1) -> bundle 1.1.0 (security version 2) into slot B -> power cycle ->
    B boots verified (attestation green, the new root hash) -> the agent's health check confirms it
-   -> anti-rollback counter 2; the factory 1.0.0 bundle is then refused and audited.
+   -> anti-rollback counter 2; a 1.0.0 bundle (security version 1, signed with the same release key)
+   is then refused and audited.
 2. 1.2.0 whose agent never becomes healthy (it refuses its own configuration) into slot A -> power
    cycle -> camera-init's confirm deadline reboots it, U-Boot counts 3 attempts, then boots B again;
    the agent on B records the fallback in the audit log.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import os
 import ssl
 import time
 from collections.abc import Iterator
@@ -23,6 +25,9 @@ from typing import Any
 
 import pytest
 
+from bootverify.release.builder import build_bundle
+from bootverify.release.pki import Pki
+from bootverify.release.signers import load_file_signer
 from qemu.build_image import Builder
 from qemu.run import Session
 
@@ -94,6 +99,25 @@ def updates(release_image: dict[str, object]) -> dict[str, dict[str, object]]:
 
 
 @pytest.fixture(scope="module")
+def older_bundle(release_image: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1.0.0 with security version 1, signed with the board's release key like every real bundle,
+    but with small images: the device refuses it on its security version, before any image byte
+    is read, so the 110 MB factory bundle would only add minutes of upload through the emulated
+    network (about 2.5 min here) and prove nothing more."""
+    tmp = tmp_path_factory.mktemp("older")
+    images = {}
+    for slotclass in ("fit", "rootfs"):
+        images[slotclass] = tmp / f"{slotclass}.img"
+        images[slotclass].write_bytes(os.urandom(64 * 1024))
+    pki = Pki(BUILD / "ota-pki")
+    out = tmp / "older.raucb"
+    build_bundle(out, images=images, compatible=str(release_image["compatible"]), version="1.0.0",
+                 security_version=1, signers=[load_file_signer(*pki.current_signing())],
+                 now=dt.datetime.now(dt.UTC))
+    return out
+
+
+@pytest.fixture(scope="module")
 def board(release_image: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Session, Api]]:
     session = Session(BUILD, timeout=600, run_dir=tmp_path_factory.mktemp("ota-run"))
     try:
@@ -137,7 +161,7 @@ def _poll(api: Api, done: Any, what: str, polls: int = 90) -> dict[str, Any]:
 
 def test_update_boots_new_slot_confirms_and_raises_counter(
         board: tuple[Session, Api], updates: dict[str, dict[str, object]],
-        release_image: dict[str, object]) -> None:
+        release_image: dict[str, object], older_bundle: Path) -> None:
     session, api = board
     assert session.guest is not None
     # Locking the device at the end of provisioning closed the factory port in the firewall at once.
@@ -172,9 +196,9 @@ def test_update_boots_new_slot_confirms_and_raises_counter(
     assert st["booted"] == "B" and st["boot_order"][0] == "B" and st["attempts_left"]["B"] == 3
     assert st["rollback_index"] == 2 and st["running_version"] == "1.1.0"
 
-    # The factory bundle (1.0.0, security version 1) is validly signed but now too old.
+    # A 1.0.0 bundle (security version 1) is validly signed with the release key but now too old.
     t0 = time.monotonic()
-    status, res = api.upload(Path(str(release_image["bundle"])))
+    status, res = api.upload(older_bundle)
     assert status == 400 and res["error"]["code"] == "ota.refused", res
     print(f"[ota] refused upload of 1.0.0: {time.monotonic() - t0:.1f} s", flush=True)
     audit = api.get("/api/v1/audit")
