@@ -49,6 +49,7 @@ class OtaCapability:
         self._source: str | None = None
         self.installer: Installer = build_installer(services.config, services.state, self._audit)
         self._lock = asyncio.Lock()
+        self._inflight: asyncio.Future[Any] | None = None  # the installer call running in a thread
         self._tasks: list[asyncio.Task[None]] = []
         self._max_bytes = self.installer.policy.limits.max_bundle_bytes
         pc = pull_config(services.config)
@@ -86,6 +87,8 @@ class OtaCapability:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
 
     def status(self) -> dict[str, Any]:
         try:
@@ -102,8 +105,12 @@ class OtaCapability:
             raise OtaBusy("an update operation is already running", code="ota.busy")
         async with self._lock:
             self._actor, self._source = actor, source
+            # Shielded: cancelling the caller (stop()) cannot stop the thread, which keeps the
+            # installer's lock until it returns; stop() waits for it instead of leaving it behind.
+            fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            self._inflight = fut
             try:
-                return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+                return await asyncio.shield(fut)
             finally:
                 self._actor = self._source = None
 
