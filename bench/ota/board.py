@@ -1,11 +1,14 @@
-"""Where the board spends an install: ``python -m bench.ota.board [--bundle B] [--profile]``.
+"""Where the board spends an install: ``python -m bench.ota.board [--rev REV ...] [--profile]``.
 
 Boots a clone of the dev image (console shell) under QEMU/TCG with a second, read-only virtio disk
-holding a tar of the bundle and ``bench/ota/guest_phases.py``, unpacks it onto /data, shows the
+holding a tar of the bundle, ``bench/ota/guest_phases.py`` and the installer code of each ``--rev``
+(a git revision, or ``worktree``; default main and worktree), unpacks it onto /data, shows the
 guest's ``top``, then times the installer's phases in the guest (read, verify, decode, the real
-write path into slot B) twice: with the agent running (its synthetic camera encodes both streams
-in software under TCG) and with the agent stopped (SIGSTOP), so the two costs can be told apart.
-Prints the console lines of interest and one JSON summary; not part of ``make bench`` (minutes).
+write path into slot B, buffered and O_DIRECT where the code has both) first with the agent
+running (its synthetic camera encodes both streams in software under TCG), then with the agent
+stopped (SIGSTOP), so the two costs can be told apart. Uses the dev image already built
+(build/image/dev) whatever its age: the code under test travels in the tar. Prints the console
+lines of interest and one JSON summary; not part of ``make bench`` (it takes 10-20 minutes).
 """
 
 from __future__ import annotations
