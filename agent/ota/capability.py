@@ -49,6 +49,7 @@ class OtaCapability:
         self._source: str | None = None
         self.installer: Installer = build_installer(services.config, services.state, self._audit)
         self._lock = asyncio.Lock()
+        self._inflight: asyncio.Future[Any] | None = None  # the installer call running in a thread
         self._tasks: list[asyncio.Task[None]] = []
         self._max_bytes = self.installer.policy.limits.max_bundle_bytes
         pc = pull_config(services.config)
@@ -86,6 +87,8 @@ class OtaCapability:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
 
     def status(self) -> dict[str, Any]:
         try:
@@ -102,8 +105,12 @@ class OtaCapability:
             raise OtaBusy("an update operation is already running", code="ota.busy")
         async with self._lock:
             self._actor, self._source = actor, source
+            # Shielded: cancelling the caller (stop()) cannot stop the thread, which keeps the
+            # installer's lock until it returns; stop() waits for it instead of leaving it behind.
+            fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            self._inflight = fut
             try:
-                return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+                return await asyncio.shield(fut)
             finally:
                 self._actor = self._source = None
 
@@ -133,19 +140,23 @@ class OtaCapability:
         received = 0
         try:
             try:
-                buf = bytearray()
-                async for chunk in request.content.iter_chunked(256 * 1024):
+                # Whatever the transport has (iter_any: no re-chunking), gathered without copying
+                # and written with one writev per SPOOL_BYTES off the loop.
+                pending: list[bytes] = []
+                pending_bytes = 0
+                async for chunk in request.content.iter_any():
                     received += len(chunk)
                     if received > self._max_bytes:
                         self._svc.audit.append("firmware.upload", outcome="denied", actor=user.username,
                                                source=source, details={"reason": "ota.upload_too_large"})
                         raise web.HTTPRequestEntityTooLarge(max_size=self._max_bytes, actual_size=received)
-                    buf += chunk
-                    if len(buf) >= 1024 * 1024:
-                        await loop.run_in_executor(None, _write_all, fd, bytes(buf))
-                        buf.clear()
-                if buf:
-                    await loop.run_in_executor(None, _write_all, fd, bytes(buf))
+                    pending.append(chunk)
+                    pending_bytes += len(chunk)
+                    if pending_bytes >= SPOOL_BYTES or len(pending) >= SPOOL_IOV:
+                        await loop.run_in_executor(None, _write_all, fd, pending)
+                        pending, pending_bytes = [], 0
+                if pending:
+                    await loop.run_in_executor(None, _write_all, fd, pending)
                 await loop.run_in_executor(None, os.fsync, fd)
             finally:
                 os.close(fd)
@@ -251,8 +262,16 @@ class OtaCapability:
             await asyncio.sleep(interval)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+SPOOL_BYTES = 4 * 1024 * 1024
+SPOOL_IOV = 512  # below IOV_MAX (1024)
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]

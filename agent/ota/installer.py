@@ -217,7 +217,10 @@ class Installer:
         m = bundle.manifest
         self._audit("firmware.verify", "success", {
             "version": m.version, "compatible": m.compatible, "security_version": m.security_version,
-            "signer": bundle.signers[0].subject[:120], "bundle_sha256": bundle.signature_sha256})
+            # Every signer of a k-of-n bundle, by subject and serial (rotated signing certificates
+            # may share a subject; the serial is what `camera-ota pki revoke` takes).
+            "signers": [{"subject": s.subject[:120], "serial": f"{s.serial:x}"} for s in bundle.signers],
+            "bundle_sha256": bundle.signature_sha256})
         self._check_policy(bundle)
         entries = []
         for slotclass in self.policy.slot_classes:

@@ -93,6 +93,11 @@ def test_k_of_n_signers(tmp_path: Path, pki: Pki, keyring: Path, image: Path) ->
                  signers=signers, now=now())  # type: ignore[arg-type]
     dev = make_device(tmp_path / "state", keyring, ota={"min_signers": 2})
     assert dev.installer.install(out).slot == "B"
+    # The audit record names every signer (by serial: rotated certificates share a subject).
+    verified = [d for e, o, d in dev.events if e == "firmware.verify" and o == "success"]
+    assert len(verified) == 1
+    assert sorted(s["serial"] for s in verified[0]["signers"]) == sorted(
+        f"{s.certificate.serial_number:x}" for s in signers)  # type: ignore[attr-defined]
     need("rauc")
     res = subprocess.run(["rauc", "info", "--keyring", str(keyring), str(out)], capture_output=True, text=True,
                          timeout=60, check=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.ota import slots as slots_mod
 from agent.ota.pipeline import write_image
 from agent.ota.slots import FileSlots
 from bootverify.bundle.bundle import OpenedBundle, open_bundle
@@ -38,22 +39,30 @@ def _open(data: bytes, keyring: Path) -> OpenedBundle:
     return open_bundle(lambda off, n: data[off : off + n], len(data), Keyring.from_pem(keyring.read_bytes()), now())
 
 
-def _install(bundle: OpenedBundle, tmp: Path, **kw: int) -> tuple[Path, int]:
+def _install(bundle: OpenedBundle, tmp: Path, direct_io: bool = False, **kw: int) -> tuple[Path, int]:
     entry = bundle.manifest.image("rootfs")
-    slots = FileSlots(tmp)
+    slots = FileSlots(tmp, direct_io=direct_io)
     writer = slots.open_for_write("B", entry.size or 0)
     n = write_image(bundle, entry, writer, **kw)
     writer.finish()
     return slots.path("B"), n
 
 
-@pytest.mark.parametrize(("span_blocks", "workers"), [(1, 1), (1, 2), (2, 2), (3, 2), (256, 2)])
+@pytest.fixture
+def small_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The direct writer's staging buffer down to one page, so these small images cross it many
+    # times and end in a partial page (the real one is 4 MiB).
+    monkeypatch.setattr(slots_mod._DirectWriter, "STAGE", 4096)
+
+
+@pytest.mark.parametrize(("span_blocks", "workers", "direct_io"),
+                         [(1, 1, True), (1, 2, True), (2, 2, True), (3, 2, False), (256, 2, True), (256, 2, False)])
 def test_pipeline_writes_exactly_the_image(small_block_bundle: tuple[Path, bytes], keyring: Path, tmp_path: Path,
-                                           span_blocks: int, workers: int) -> None:
+                                           span_blocks: int, workers: int, direct_io: bool, small_stage: None) -> None:
     path, image = small_block_bundle
     bundle = _open(path.read_bytes(), keyring)
     threads = threading.active_count()
-    out, n = _install(bundle, tmp_path, span_blocks=span_blocks, workers=workers)
+    out, n = _install(bundle, tmp_path, direct_io, span_blocks=span_blocks, workers=workers)
     assert n == len(image) and out.read_bytes() == image
     assert threading.active_count() == threads  # the workers are joined
     # Every payload block holding the image's data went through the tree (sparse blocks have none).
@@ -62,7 +71,8 @@ def test_pipeline_writes_exactly_the_image(small_block_bundle: tuple[Path, bytes
 
 
 def test_pipeline_stops_at_a_bad_block_with_a_verified_prefix(small_block_bundle: tuple[Path, bytes],
-                                                              keyring: Path, tmp_path: Path) -> None:
+                                                              keyring: Path, tmp_path: Path,
+                                                              small_stage: None) -> None:
     path, image = small_block_bundle
     data = bytearray(path.read_bytes())
     good = _open(bytes(data), keyring)
@@ -73,7 +83,7 @@ def test_pipeline_stops_at_a_bad_block_with_a_verified_prefix(small_block_bundle
     bad = _open(bytes(data), keyring)
     threads = threading.active_count()
     entry = bad.manifest.image("rootfs")
-    slots = FileSlots(tmp_path)
+    slots = FileSlots(tmp_path, direct_io=True)
     writer = slots.open_for_write("B", entry.size or 0)
     with pytest.raises(VerityError):
         write_image(bad, entry, writer, span_blocks=1, workers=2)
@@ -82,3 +92,15 @@ def test_pipeline_stops_at_a_bad_block_with_a_verified_prefix(small_block_bundle
     assert 0 < len(written) < len(image)
     assert written == image[: len(written)]
     assert threading.active_count() == threads
+
+
+def test_slot_writes_bypass_the_page_cache_where_possible(tmp_path: Path) -> None:
+    # ext4 (the test's tmp dir) takes O_DIRECT; an odd length ends in the buffered tail.
+    slots = FileSlots(tmp_path, direct_io=True)
+    writer = slots.open_for_write("B", 3 * 4096 + 5)
+    assert isinstance(writer, slots_mod._DirectWriter)
+    data = os.urandom(3 * 4096 + 5)
+    writer.write(data[:7])
+    writer.write(memoryview(data)[7:])
+    writer.finish()
+    assert slots.path("B").read_bytes() == data
