@@ -87,7 +87,7 @@ ROOTFS_APPLETS = (
     "reboot", "poweroff", "chmod", "cp", "sync", "ip", "udhcpc", "hostname", "ls", "ps", "kill",
     "grep", "sed", "rm", "ln", "date", "sysctl", "dmesg", "mountpoint", "head", "tail", "env",
     "uname", "id", "stat", "cttyhack", "setsid", "init", "halt", "wc", "nc", "wget", "true", "false",
-    "test", "[", "printf", "chown", "touch", "mv", "df", "free", "top", "netstat", "vi", "less",
+    "test", "[", "printf", "chown", "touch", "mv", "df", "free", "top", "netstat", "vi", "less", "mkfifo",
 )
 DEV_ONLY_APPLETS = ("vi", "less", "top", "wget", "nc")
 # The agent's device.model on the board (agent.config.DeviceFacts); bundles must name it.
