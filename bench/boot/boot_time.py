@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--no-compare", action="store_true", help="skip the unverified twin")
     args = ap.parse_args(argv)
+    args.build = args.build.resolve()  # the twin's .its names its inputs; dtc reads them relative to it
     manifest = build_image.Builder(args.build, "release", "1.0.0", 1).build_all()
     twin = None if args.no_compare else noverify.build(manifest, args.build)
     load_before = Path("/proc/loadavg").read_text().split()[0]

@@ -1,4 +1,4 @@
-"""`camera-agent run --boot-gate FIFO` (agent.bootgate), what camera-init does on the board: the
+"""`camera-agent run --boot-gate-fd N` (agent.bootgate), what camera-init does on the board: the
 agent loads its code, then waits; it touches neither the state directory nor any socket until the
 boot stage's "open" arrives, and exits without listening when the gate closes unopened."""
 
@@ -23,17 +23,16 @@ WAITING = "modules loaded, waiting for the boot stage"
 class GatedAgent:
     def __init__(self, tmp: Path) -> None:
         self.state_dir = tmp / "state"  # not created: the gated agent must not create it either
-        self.gate = tmp / "agent-gate"
-        os.mkfifo(self.gate, 0o600)
-        # What camera-init's `exec 3<>FIFO` does: hold the FIFO read-write, so the agent's open
-        # does not block; the child does not inherit it (close_fds).
-        self.writer = os.open(self.gate, os.O_RDWR)
+        # As camera-init: the agent inherits only the read end; the writer stays here.
+        reader, self.writer = os.pipe()
         self.port = free_port()
         self.log = tmp / "agent.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(self.state_dir), "--bind", "127.0.0.1",
-             "--https-port", str(self.port), "--rtsps-port", str(free_port()), "--boot-gate", str(self.gate)],
-            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+             "--https-port", str(self.port), "--rtsps-port", str(free_port()), "--boot-gate-fd", str(reader)],
+            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            pass_fds=(reader,))
+        os.close(reader)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -103,20 +102,27 @@ def test_wrong_token_or_foreign_gate_stays_closed(tmp_path: Path) -> None:
             bootgate.verdict(bad)
         assert ei.value.code == "boot.gate_closed"
     bootgate.verdict(bootgate.OPEN)
+    # Not a pipe, and a FIFO others may open: refused even though "open" is there to read.
     plain = tmp_path / "plain"
     plain.write_bytes(bootgate.OPEN)
     shared = tmp_path / "shared"
     os.mkfifo(shared, 0o600)
     os.chmod(shared, 0o622)  # noqa: S103 - others may write: the gate must refuse it
-    fd = os.open(shared, os.O_RDWR)
+    writer = os.open(shared, os.O_RDWR)
     try:
-        os.write(fd, bootgate.OPEN)
-        for path in (plain, shared):
+        os.write(writer, bootgate.OPEN)
+        for fd in (os.open(plain, os.O_RDONLY), os.open(shared, os.O_RDONLY)):
             with pytest.raises(bootgate.BootGateClosed) as ei:
-                bootgate.wait(path)
+                bootgate.wait(fd)
             assert ei.value.code == "boot.gate_invalid"
     finally:
-        os.close(fd)
+        os.close(writer)
+    # A line written in pieces before the reader looks still opens it.
+    r, w = os.pipe()
+    os.write(w, b"op")
+    os.write(w, b"en\n")
+    os.close(w)
+    bootgate.wait(r)
 
 
 def test_preload_covers_load_and_leaves_pyav_out(tmp_path: Path) -> None:
