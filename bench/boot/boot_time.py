@@ -56,7 +56,7 @@ STAGES = (
     ("kernel + initramfs: modules, dm-verity open, mounts, rollback check", "kernel", "handoff"),
     ("camera-init: modules, DHCP", "handoff", "network"),
     ("camera-bootverify boot: attestation + firewall (one Python)", "network", "bootstage"),
-    ("agent: Python imports, alongside the boot stage", "agent_started", "agent_loaded"),
+    ("agent: Python imports, alongside modules, DHCP and the boot stage", "agent_started", "agent_loaded"),
     ("agent: from boot stage done (and imports done) until HTTPS listens", "gate_open", "listening"),
     ("first TLS handshake from the host", "listening", "ready"),
 )
