@@ -49,7 +49,7 @@ LINUX_MARKS = (
     ("bootstage", r"camera-init: boot stage done"),
     ("listening", r"camera-agent: HTTPS listening"),
 )
-# The two rows marked "alongside" overlap in time: the rows do not add up to the total.
+# The agent-import row overlaps the camera-init and boot-stage rows: the rows do not add up to the total.
 STAGES = (
     ("U-Boot: start to slot load (env, virtio scan, boot counter saveenv)", "uboot", "slot_load"),
     ("U-Boot: read FIT, verify (hashes, RSA-3072 config signature), gunzip kernel", "slot_load", "kernel"),
