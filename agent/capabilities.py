@@ -22,6 +22,18 @@ if TYPE_CHECKING:
 AFTER_LISTENING = ("media", "rtsp")
 
 
+def preload() -> None:
+    """Import what ``load`` imports, building nothing: on the board this runs while the boot stage
+    does (agent.bootgate). ``load`` keeps its own explicit imports so mypy checks the
+    constructors; tests/api/test_boot_gate.py checks that this list covers them."""
+    import agent.api.core
+    import agent.audit.capability
+    import agent.factory.capability
+    import agent.media.capability
+    import agent.ota.capability
+    import agent.rtsp.capability  # noqa: F401
+
+
 def load(svc: Services) -> list[Capability]:
     from agent.api.core import CoreCapability
     from agent.audit.capability import AuditCapability

@@ -33,7 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         factory_port=args.factory_port,
         host_mode=not args.device,
     )
-    return run(config)
+    return run(config, boot_gate_fd=args.boot_gate_fd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--factory-ca", type=Path, help="factory CA (trust anchor) - device starts in factory state")
     run.add_argument("--factory-port", type=_port, help="port of the mutual-TLS factory endpoint")
     run.add_argument("--device", action="store_true", help="device mode (no host-mode setup-code file)")
+    run.add_argument("--boot-gate-fd", type=int, metavar="FD",
+                     help="inherited pipe: load the code, then wait for 'open' on it before touching state or sockets")
     run.set_defaults(func=_cmd_run)
     capabilities.register_cli(sub)
     return parser

@@ -123,7 +123,15 @@ async def serve(config: AgentConfig) -> None:
         svc.audit.close()
 
 
-def run(config: AgentConfig) -> int:
+def run(config: AgentConfig, *, boot_gate_fd: int | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if boot_gate_fd is not None:
+        # Everything up to here touched only the verified rootfs; the state directory and the
+        # sockets wait for the boot stage's verdict.
+        from agent import bootgate
+
+        capability_list.preload()
+        print("camera-agent: modules loaded, waiting for the boot stage", flush=True)
+        bootgate.wait(boot_gate_fd)
     asyncio.run(serve(config))
     return 0

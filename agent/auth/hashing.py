@@ -34,8 +34,10 @@ class AsyncHasher:
         )
         self._sem = asyncio.Semaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="argon2")
-        # Verified against for unknown users so their timing matches a real account's.
-        self._dummy = self._ph.hash("dummy password for timing equalisation")
+        # Verified against for unknown users so their timing matches a real account's. Hashed in
+        # the pool (argon2 releases the GIL): on the board's emulated CPU it takes about a second,
+        # which would otherwise delay the HTTPS listener.
+        self._dummy = self._pool.submit(self._ph.hash, "dummy password for timing equalisation")
 
     def hash_sync(self, password: str) -> str:
         return self._ph.hash(password)
@@ -45,8 +47,9 @@ class AsyncHasher:
             return await asyncio.get_running_loop().run_in_executor(self._pool, self._ph.hash, password)
 
     def _verify(self, stored: str | None, password: str) -> bool:
+        against = stored if stored is not None else self._dummy.result()
         try:
-            return self._ph.verify(stored if stored is not None else self._dummy, password) and stored is not None
+            return self._ph.verify(against, password) and stored is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

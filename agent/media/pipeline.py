@@ -1,9 +1,12 @@
 """One stream's pipeline: a supervisor thread running source -> encoders -> StreamHub.
 
 PyAV work stays in this thread (and the capture source's reader threads), never on the event
-loop. A failure is recorded in ``status()`` and the source restarts with exponential backoff; it
-never propagates to the service. ``reconfigure`` swaps the StreamConfig and restarts only this
-pipeline - the other stream's pipeline is a separate object and keeps running.
+loop - including ``import av`` itself: the encoders and sources are imported by the pipeline
+thread, so building a pipeline costs no PyAV import (seconds on the board's emulated CPU, which
+would otherwise sit before the HTTPS listener). A failure is recorded in ``status()`` and the
+source restarts with exponential backoff; it never propagates to the service. ``reconfigure``
+swaps the StreamConfig and restarts only this pipeline - the other stream's pipeline is a
+separate object and keeps running.
 """
 
 from __future__ import annotations
@@ -16,13 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
-
-import av
+from typing import TYPE_CHECKING, Any
 
 from agent.media.annexb import is_annexb, parameter_sets
 from agent.media.backoff import Backoff
-from agent.media.encode import AudioEncoder, VideoEncoder
 from agent.media.errors import MediaError, SourceError
 from agent.media.frames import (
     VIDEO_CLOCK_RATE,
@@ -33,7 +33,12 @@ from agent.media.frames import (
     aac_description,
 )
 from agent.media.mediaconfig import BackoffConfig, StreamConfig
-from agent.media.sources import Source, make_source
+
+if TYPE_CHECKING:
+    import av
+
+    from agent.media.encode import AudioEncoder, VideoEncoder
+    from agent.media.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ def redact(message: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1***@", message)[:300]
 
 
-SourceFactory = Callable[[StreamConfig], Source]
+SourceFactory = Callable[[StreamConfig], "Source"]
 # (event, outcome, details) - called from the pipeline thread; the capability audits it.
 EventHook = Callable[[str, str, dict[str, Any]], None]
 
@@ -76,6 +81,8 @@ class _Sink:
             self._audio_encoder()
 
     def _encode_loop(self) -> None:
+        from agent.media.encode import VideoEncoder
+
         try:
             enc = VideoEncoder(self._cfg.stream, self._cfg.video)
             with self._lock:
@@ -94,6 +101,8 @@ class _Sink:
             self._run_stop.set()  # end this run; the supervisor restarts it with backoff
 
     def _audio_encoder(self) -> AudioEncoder:
+        from agent.media.encode import AudioEncoder
+
         with self._lock:
             if self._aenc is None:
                 assert self._cfg.audio is not None
@@ -220,7 +229,7 @@ class StreamPipeline:
         self._on_event = on_event
         self._cfg = cfg
         self._backoff_cfg = backoff
-        self._factory: SourceFactory = source_factory or make_source
+        self._factory: SourceFactory | None = source_factory
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -302,6 +311,13 @@ class StreamPipeline:
         # AAC's config is known once the encoder is open; _Sink.set_audio fills it in.
         self.hub.configure(VideoDescription(codec=v.codec, width=v.width, height=v.height, fps=v.fps), audio)
 
+    def _source(self, cfg: StreamConfig) -> Source:
+        if self._factory is not None:
+            return self._factory(cfg)
+        from agent.media.sources import make_source
+
+        return make_source(cfg)
+
     def _run(self, cfg: StreamConfig, stop: threading.Event) -> None:
         backoff = Backoff(self._backoff_cfg.initial_s, self._backoff_cfg.max_s, self._backoff_cfg.healthy_s)
         while not stop.is_set():
@@ -318,7 +334,7 @@ class StreamPipeline:
             sink: _Sink | None = None
             try:
                 sink = _Sink(self, cfg, run_stop)
-                self._factory(cfg).run(sink, run_stop)
+                self._source(cfg).run(sink, run_stop)
                 if sink.error is not None:
                     raise sink.error
             except Exception as exc:  # a source failure must never kill the service

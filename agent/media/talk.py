@@ -6,6 +6,9 @@ PCM, so the event loop never decodes. The queue is bounded: a talker faster than
 packets (counted) instead of growing memory. Host mode writes one WAV per session, assembled in
 memory (bounded by ``max_seconds``) and written with ``atomic_write`` on close, so a reader never
 sees a half-written file. On the device the same PCM goes to ALSA through PyAV.
+
+PyAV is imported where it is used (the first talker), not with this module: the agent builds
+the sink before its HTTPS listener, and ``import av`` costs seconds on the board's emulated CPU.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import av
 
 from agent.media.annexb import aac_audio_specific_config, parse_aac_config
 from agent.media.errors import BitstreamError, MediaError, TalkBusy
@@ -72,6 +73,8 @@ def _decoder(codec: str, clock_rate: int, channels: int, config: bytes) -> Any:
         raise MediaError(f"talk codec {codec!r} unsupported", code="media.codec_unsupported")
     if not 1 <= channels <= 2 or not 8000 <= clock_rate <= 48000:
         raise MediaError("talk rate or channels unsupported", code="media.codec_unsupported")
+    import av
+
     ctx: Any = av.CodecContext.create(_DECODERS[codec], "r")
     ctx.sample_rate = clock_rate
     ctx.layout = "mono" if channels == 1 else "stereo"
@@ -125,6 +128,8 @@ class _AlsaWriter(_PcmWriter):
     """Speaker output through PyAV's ALSA muxer (device from config media.talk_alsa_device)."""
 
     def __init__(self, device: str, rate: int) -> None:
+        import av
+
         if "alsa" not in av.formats_available:
             raise MediaError("this FFmpeg build has no ALSA output", code="media.format_unavailable")
         try:
@@ -136,6 +141,8 @@ class _AlsaWriter(_PcmWriter):
         self._samples = 0
 
     def write(self, pcm: bytes) -> None:
+        import av
+
         n = len(pcm) // 2
         frame = av.AudioFrame(format="s16", layout="mono", samples=n)
         frame.planes[0].update(pcm[: n * 2])
@@ -165,6 +172,8 @@ class PyAvTalkChannel:
         on_finished: Callable[[PyAvTalkChannel], None],
         queue_packets: int = 256,
     ) -> None:
+        import av
+
         self._codec = codec
         self.clock_rate = clock_rate
         self._decoder = _decoder(codec, clock_rate, channels, config)
@@ -207,6 +216,8 @@ class PyAvTalkChannel:
             self.packets += 1
 
     def _work(self) -> None:
+        import av
+
         try:
             while True:
                 item = self._queue.get()

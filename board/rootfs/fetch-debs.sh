@@ -30,6 +30,8 @@ fi
 apt-get install -y -q --download-only "$@" >/dev/null
 # The exact closure, for the SBOM and for unpacking only what this set needs.
 apt-get -s install "$@" | awk '/^Inst /{print $2" "$3}' | tr -d '()[]' | sort > "$OUT/closure.txt"
+# Exactly the closure: a package dropped from the list must not linger in the image.
+rm -f "$OUT/debs/"*.deb
 while read -r name ver; do
     f=$(ls "$OUT/apt/cache/archives/${name}_"*"_arm64.deb" "$OUT/apt/cache/archives/${name}_"*"_all.deb" 2>/dev/null | head -1)
     [ -n "$f" ] || { echo "missing deb for $name" >&2; exit 1; }

@@ -13,5 +13,21 @@ ln -sf /run/resolv.conf "$T/etc/resolv.conf"
 [ -n "${CAMERA_FACTORY_CA:-}" ] && install -m 0644 "$CAMERA_FACTORY_CA" "$T/etc/camera/factory-ca.pem"
 [ -n "${CAMERA_OTA_KEYRING:-}" ] && install -m 0644 "$CAMERA_OTA_KEYRING" "$T/etc/camera/ota-keyring.pem"
 echo "${CAMERA_CONFIRM_DEADLINE:-180}" > "$T/etc/camera/confirm-deadline"
+# As qemu/build_image.py (agent_config): board/rootfs/agent.json plus this image's version, which
+# the agent reports and OTA compares; the same CAMERA_FIRMWARE_VERSION post-image.sh signs.
+VERSION=${CAMERA_FIRMWARE_VERSION:-1.0.0}
+"$HOST_DIR/bin/python3" - "$T/etc/camera/agent.json" "$VERSION" <<'PY'
+import json, sys
+path, version = sys.argv[1], sys.argv[2]
+with open(path) as fh:
+    cfg = json.load(fh)
+cfg.setdefault("device", {})["firmware_version"] = version
+with open(path, "w") as fh:
+    fh.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+PY
+printf 'NAME="Camera firmware"\nVERSION_ID="%s"\nVARIANT_ID="%s"\n' "$VERSION" "$PROFILE" > "$T/usr/lib/os-release"
+ln -sf ../usr/lib/os-release "$T/etc/os-release"
+# The drivers are built in (linux.fragment): camera-init's module list is empty, not missing.
+: > "$T/etc/camera/modules"
 # No getty in release: camera-init is PID 1 (kernel cmdline init=/sbin/camera-init via the initramfs).
 rm -f "$T/etc/inittab"

@@ -172,19 +172,39 @@ def test_flipped_rootfs_block_falls_back(release_image: dict[str, object], board
     assert g.output.count("camera: slot A attempt") == 3
 
 
-def test_rollback_refused(release_image: dict[str, object], board_disk: Path, boot: BootFn,
-                          tmp_path: Path) -> None:
-    # The device's anti-rollback counter is above this image's security version (1).
+def _put_data_file(board_disk: Path, tmp_path: Path, directory: str, name: str, content: bytes) -> None:
+    """Write one file into the board's (ext4) data partition before it boots."""
     off, size = disk.partitions(board_disk)["data"]
     part = tmp_path / "data.img"
     mib = 1024 * 1024  # partitions are MiB-aligned; dd keeps the 512 MiB partition out of memory
     subprocess.run(["dd", f"if={board_disk}", f"of={part}", "bs=1M", f"skip={off // mib}", f"count={size // mib}",
                     "conv=sparse", "status=none"], check=True)
-    (tmp_path / "sv").write_text("5\n")
-    for cmd in ("mkdir otp", f"write {tmp_path / 'sv'} otp/security-version"):
+    src = tmp_path / name
+    src.write_bytes(content)
+    for cmd in (f"mkdir {directory}", f"write {src} {directory}/{name}"):
         subprocess.run(["debugfs", "-w", "-R", cmd, str(part)], check=True, capture_output=True)
     subprocess.run(["dd", f"if={part}", f"of={board_disk}", "bs=1M", f"seek={off // mib}", "conv=notrunc,sparse",
                     "status=none"], check=True)
+    part.unlink()
+
+
+def test_failed_boot_stage_halts_and_the_agent_never_listens(board_disk: Path, boot: BootFn,
+                                                             tmp_path: Path) -> None:
+    # Settings the firewall cannot be built from: `camera-bootverify boot` fails while the agent,
+    # started beside it, waits at its gate (agent/bootgate.py). The gate must stay shut.
+    _put_data_file(board_disk, tmp_path, "data", "settings.json", b"[]")
+    g = boot(board_disk, deadline_s=240)
+    g.wait_for(r"camera-init: agent started", 120)
+    g.wait_for(r"settings.json is not an object", 120)
+    g.wait_for(r"camera-init: firewall failed, halting", 30)
+    g.wait_exit(60)
+    assert "HTTPS listening" not in g.output and "boot stage done" not in g.output
+
+
+def test_rollback_refused(release_image: dict[str, object], board_disk: Path, boot: BootFn,
+                          tmp_path: Path) -> None:
+    # The device's anti-rollback counter is above this image's security version (1).
+    _put_data_file(board_disk, tmp_path, "otp", "security-version", b"5\n")
     disk.put_file(board_disk, "uboot.env",
                   ubootenv.build_env({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "1", "BOOT_B_LEFT": "1"}, flags=1))
     g = boot(board_disk, deadline_s=150)

@@ -87,6 +87,8 @@ def test_dev_console_policy_and_outbound_block(dev_guest: Guest, dev_image: dict
     assert m.group(1) == "YELLOW" and "boot.dev_profile" in m.group(2)
     g.wait_for(r"camera-init: agent started", 120)
     assert sh(g, "cat /proc/sys/kernel/randomize_va_space", "ASLR").strip() == "2"
+    # No public CA store: the device trusts only the peers it is configured or pinned for.
+    assert "ca-certificates.crt" not in sh(g, "ls /etc/ssl/certs 2>&1; ls /usr/share/ca-certificates 2>&1", "CAS")
     # The attestation record names exactly what the build signed and what U-Boot booted.
     raw = sh(g, "cat /data/run/boot-attestation.json", "ATT")
     record = json.loads(raw[raw.index("{"): raw.rindex("}") + 1])

@@ -1,0 +1,148 @@
+"""`camera-agent run --boot-gate-fd N` (agent.bootgate), what camera-init does on the board: the
+agent loads its code, then waits; it touches neither the state directory nor any socket until the
+boot stage's "open" arrives, and exits without listening when the gate closes unopened."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import bootgate
+from tests.agentharness import free_port
+
+WAITING = "modules loaded, waiting for the boot stage"
+
+
+class GatedAgent:
+    def __init__(self, tmp: Path) -> None:
+        self.state_dir = tmp / "state"  # not created: the gated agent must not create it either
+        # As camera-init: the agent inherits only the read end; the writer stays here.
+        reader, self.writer = os.pipe()
+        self.port = free_port()
+        self.log = tmp / "agent.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(self.state_dir), "--bind", "127.0.0.1",
+             "--https-port", str(self.port), "--rtsps-port", str(free_port()), "--boot-gate-fd", str(reader)],
+            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            pass_fds=(reader,))
+        os.close(reader)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while text not in self.output():
+            if self.proc.poll() is not None and text not in self.output():
+                pytest.fail(f"agent exited ({self.proc.returncode}) before {text!r}: {self.output()[-2000:]}")
+            if time.monotonic() > end:
+                pytest.fail(f"no {text!r} within {timeout} s: {self.output()[-2000:]}")
+            time.sleep(0.05)
+
+    def listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def close_writer(self) -> None:
+        if self.writer >= 0:
+            os.close(self.writer)
+            self.writer = -1
+
+    def stop(self) -> None:
+        self.close_writer()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Iterator[GatedAgent]:
+    a = GatedAgent(tmp_path)
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def test_closed_gate_agent_exits_without_listening(gated: GatedAgent) -> None:
+    gated.wait_for(WAITING)
+    assert not gated.listening() and not gated.state_dir.exists()
+    gated.close_writer()  # the boot stage failed: camera-init closes the gate unopened
+    assert gated.proc.wait(timeout=30) == 2
+    assert "boot.gate_closed" in gated.output() and "HTTPS listening" not in gated.output()
+    assert not gated.listening() and not gated.state_dir.exists()
+
+
+def test_open_gate_agent_starts(gated: GatedAgent) -> None:
+    gated.wait_for(WAITING)
+    assert not gated.state_dir.exists()
+    os.write(gated.writer, bootgate.OPEN)
+    gated.close_writer()
+    gated.wait_for("HTTPS listening")
+    assert gated.listening() and gated.state_dir.is_dir()
+
+
+def test_wrong_token_or_foreign_gate_stays_closed(tmp_path: Path) -> None:
+    for bad in (b"", b"open", b"opex\n", b"open\nopen\n", b"open\n" + b"x" * 100):
+        with pytest.raises(bootgate.BootGateClosed) as ei:
+            bootgate.verdict(bad)
+        assert ei.value.code == "boot.gate_closed"
+    bootgate.verdict(bootgate.OPEN)
+    # Not a pipe, and a FIFO others may open: refused even though "open" is there to read.
+    plain = tmp_path / "plain"
+    plain.write_bytes(bootgate.OPEN)
+    shared = tmp_path / "shared"
+    os.mkfifo(shared, 0o600)
+    os.chmod(shared, 0o622)  # noqa: S103 - others may write: the gate must refuse it
+    writer = os.open(shared, os.O_RDWR)
+    try:
+        os.write(writer, bootgate.OPEN)
+        for fd in (os.open(plain, os.O_RDONLY), os.open(shared, os.O_RDONLY)):
+            with pytest.raises(bootgate.BootGateClosed) as ei:
+                bootgate.wait(fd)
+            assert ei.value.code == "boot.gate_invalid"
+    finally:
+        os.close(writer)
+    # A line written in pieces before the reader looks still opens it.
+    r, w = os.pipe()
+    os.write(w, b"op")
+    os.write(w, b"en\n")
+    os.close(w)
+    bootgate.wait(r)
+
+
+def test_preload_covers_load_and_leaves_pyav_out(tmp_path: Path) -> None:
+    """After preload (what runs during the boot stage) building the capabilities imports nothing
+    of the agent's, and PyAV is not imported before the media pipelines run."""
+    script = f"""
+import sys
+from pathlib import Path
+from agent import capabilities
+from agent.config import build_config
+from agent.runtime import build_services
+capabilities.preload()
+svc = build_services(build_config(Path({str(tmp_path / "state")!r}), {{"bind": "127.0.0.1"}}))
+before = set(sys.modules)
+caps = capabilities.load(svc)
+late = sorted(m for m in set(sys.modules) - before if m.startswith("agent."))
+assert not late, late
+assert "av" not in sys.modules, "PyAV imported before the media pipelines run"
+assert [c.name for c in caps][:4] == ["core", "audit", "factory", "media"]
+svc.audit.close()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
