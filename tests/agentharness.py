@@ -139,13 +139,18 @@ class AgentProcess:
         return self.state_dir / "device-ca.pem"
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (the agent's graceful shutdown), SIGKILL if that takes longer than 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
 
 
 def start_agent_process(state_dir: Path, *extra: str, config: dict[str, Any] | None = None,

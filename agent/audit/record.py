@@ -135,6 +135,12 @@ class AuditRecord:
     line: bytes  # exact bytes on disk, without the newline
     mac: bytes
 
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any], line: bytes, mac: bytes) -> AuditRecord:
+        """A record from members that already passed the MAC and schema checks."""
+        return cls(seq=fields["seq"], segment=fields["seg"], event=fields["event"],
+                   outcome=fields["outcome"], time=fields["time"], fields=fields, line=line, mac=mac)
+
     @property
     def mac_hex(self) -> str:
         return self.mac.hex()

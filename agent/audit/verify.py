@@ -383,17 +383,7 @@ class ChainVerifier:
             raise AuditTampered("audit.malformed", None, f"segment {summary.id} holds a line longer than the bound")
 
     def _apply_summary(self, summary: SegmentSummary) -> None:
-        f = summary.first
-        first = AuditRecord(
-            seq=f["seq"],
-            segment=f["seg"],
-            event=f["event"],
-            outcome=f["outcome"],
-            time=f["time"],
-            fields=f,
-            line=b"",
-            mac=summary.first_mac,
-        )
+        first = AuditRecord.from_fields(summary.first, b"", summary.first_mac)
         self._accept(first, summary.id, first=True)
         if summary.records > 1:
             self._prev_mac = summary.prev_mac
@@ -466,16 +456,7 @@ class ChainVerifier:
                     "audit.malformed", self._next_seq(), f"segment {segment_id}: {exc}"
                 ) from None
             _check_schema(obj, self._next_seq())
-            rec = AuditRecord(
-                seq=obj["seq"],
-                segment=obj["seg"],
-                event=obj["event"],
-                outcome=obj["outcome"],
-                time=obj["time"],
-                fields=obj,
-                line=line,
-                mac=mac,
-            )
+            rec = AuditRecord.from_fields(obj, line, mac)
             self._accept(rec, segment_id, first=tracker.records == 0)
             tracker.add(rec)
             chain = mac

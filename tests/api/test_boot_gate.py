@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent import bootgate
-from tests.agentharness import free_port
+from tests.agentharness import free_port, stop_process
 
 WAITING = "modules loaded, waiting for the boot stage"
 
@@ -60,13 +60,7 @@ class GatedAgent:
 
     def stop(self) -> None:
         self.close_writer()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture

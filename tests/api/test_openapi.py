@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.agentharness import STRONG_PASSWORD
+from tests.agentharness import STRONG_PASSWORD, stop_process
 from tests.conftest import need
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,13 +187,7 @@ def fuzz_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsAgent]
         agent.tokens["viewer"] = body["token"]
         yield agent
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.terminate()
-            try:
-                agent.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                agent.proc.kill()
-                agent.proc.wait()
+        stop_process(agent.proc)
 
 
 def test_served_document_is_the_generated_one(fuzz_agent: NetnsAgent) -> None:
