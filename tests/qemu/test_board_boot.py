@@ -64,7 +64,7 @@ def test_signed_image_boots_to_green_attestation(release_image: dict[str, object
     g = boot(board_disk)
     g.wait_for(r"sha256,rsa3072:camera-release\+ OK", 60)
     g.wait_for(r"camera-bootverify: verified slot A \(conf\)", 90)
-    m = g.wait_for(r"attestation (GREEN|YELLOW|RED) slot=A reasons=(\S+)", 120)
+    m = g.wait_for(r"attestation (GREEN|YELLOW|RED) slot=A reasons=(\S+)\s", 120)
     assert m.group(1) == "GREEN", g.output[-2000:]
     # Production profile: no console shell, no login prompt.
     assert "DEV PROFILE" not in g.output
@@ -167,7 +167,7 @@ def test_flipped_rootfs_block_falls_back(release_image: dict[str, object], board
     g = boot(board_disk, deadline_s=200)
     g.wait_for(r"(data block \d+ is corrupted|verity.*corrupt)", 90)
     # Three attempts on A (U-Boot's counter), then slot B, whose attestation reports the fallback.
-    m = g.wait_for(r"attestation (GREEN|YELLOW|RED) slot=B reasons=(\S+)", 180)
+    m = g.wait_for(r"attestation (GREEN|YELLOW|RED) slot=B reasons=(\S+)\s", 180)
     assert m.group(1) == "YELLOW" and "boot.fallback" in m.group(2)
     assert g.output.count("camera: slot A attempt") == 3
 

@@ -83,7 +83,7 @@ def sh(g: Guest, cmd: str, tag: str, timeout: float = 60) -> str:
 def test_dev_console_policy_and_outbound_block(dev_guest: Guest, dev_image: dict[str, object]) -> None:
     g = dev_guest
     g.wait_for(r"DEV PROFILE - console shell enabled", 240)
-    m = g.wait_for(r"attestation (GREEN|YELLOW|RED) slot=A reasons=(\S+)", 60)
+    m = g.wait_for(r"attestation (GREEN|YELLOW|RED) slot=A reasons=(\S+)\s", 60)
     assert m.group(1) == "YELLOW" and "boot.dev_profile" in m.group(2)
     g.wait_for(r"camera-init: agent started", 120)
     assert sh(g, "cat /proc/sys/kernel/randomize_va_space", "ASLR").strip() == "2"
