@@ -97,12 +97,9 @@ def build_installer(
         return load_keyring(kr)
 
     slots_cfg = section.get("slots", {"type": "file"})
-    # O_DIRECT slot writes (agent/ota/slots.py): opt-in - measured no faster than the buffered
-    # writer on this project's host or on the QEMU board (docs/ota.md, section 8).
-    direct_io = bool(section.get("direct_io", False))
     slots: SlotStore
     if slots_cfg.get("type", "file") == "file":
-        slots = FileSlots(ota_dir, direct_io=direct_io)
+        slots = FileSlots(ota_dir)
     elif slots_cfg.get("type") == "device":
         devices: dict[str, dict[str, Path]] = {}
         for slot in ("A", "B"):
@@ -113,7 +110,7 @@ def build_installer(
                 devices[slot] = {k: Path(v) for k, v in spec.items()}
             else:
                 raise OtaError(f"ota.slots.{slot} must be a path or {{class: path}}", code="ota.config")
-        slots = DeviceSlots(devices, direct_io=direct_io)
+        slots = DeviceSlots(devices)
     else:
         raise OtaError("ota.slots.type must be file or device", code="ota.config")
 

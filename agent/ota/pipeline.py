@@ -6,7 +6,13 @@ Two stages joined by a small pool of reusable buffers:
   into a pool buffer, no per-read allocation) and checks every 4 KiB block against the signed
   verity tree (``VerifiedReader.read_blocks_into``); hashlib and preadv release the GIL;
 - the calling thread cuts squashfs blocks out of verified spans (memoryviews, no copy),
-  decompresses where needed and writes them to the slot (``os.write`` releases the GIL).
+  decompresses where needed and writes a span's blocks to the slot with ONE ``writev``.
+
+Why one worker and one ``writev`` per span: every GIL-releasing call is a point where a thread
+may have to win the GIL back from the others (CPython lets a waiting thread starve while the
+holder keeps dropping and retaking it around short calls). A second hashing thread added CPU
+and context switches without a faster install, and a write per squashfs block instead of per
+span cost ~15 % more CPU (docs/ota.md section 8 has the measurements).
 
 TOCTOU: a span is handed over only after all its blocks verified, and it lives in a buffer only
 this process writes to, so the bytes written are the bytes checked; a span that fails never
@@ -21,6 +27,7 @@ import collections
 import itertools
 import queue
 import threading
+from collections.abc import Callable
 
 from agent.ota.slots import SlotWriter
 from bootverify.bundle.bundle import OpenedBundle
@@ -29,8 +36,11 @@ from bootverify.bundle.verity import BLOCK_SIZE, VerifiedReader
 from bootverify.errors import PayloadError
 
 SPAN_BLOCKS = 256  # 1 MiB: two level-0 hash blocks' worth, large enough to amortise each pread
-WORKERS = 2  # verifying is the heavier stage; two hashing threads and the writer share two cores
-BUFFERS_PER_WORKER = 2  # the consumer holds at most two consecutive spans: one per worker
+WORKERS = 1  # measured against 2 on two cores: same wall time, less CPU (see the module doc)
+# Span buffers in all (4 MiB), at least two per worker: the consumer holds at most two consecutive
+# spans, and the worker verifies ahead into the others while the consumer writes.
+BUFFERS = 4
+BATCH_CHUNKS = 512  # squashfs blocks per writev, below IOV_MAX (1024)
 
 _Span = tuple[int, int, bytearray]  # (first payload byte, length, buffer)
 
@@ -40,13 +50,16 @@ class _VerifiedSpans:
 
     Span ``i`` (aligned to ``span_blocks``) is verified by worker ``i % workers`` into one of that
     worker's own buffers, and the consumer takes them round-robin, so spans arrive in order. Own
-    buffers per worker rule out a deadlock: the consumer holds at most two consecutive spans (a
-    squashfs block is at most one span long), i.e. one buffer per worker, and every worker has a
-    second one to read ahead with."""
+    buffers per worker (at least two) rule out a deadlock: the consumer holds at most two
+    consecutive spans (a squashfs block is at most one span long) and gives back every span it
+    has passed (after ``before_reuse``, which writes out the views into it) before it waits for
+    the next one."""
 
     def __init__(self, reader: VerifiedReader, start: int, end: int, span_blocks: int = SPAN_BLOCKS,
-                 workers: int = WORKERS, buffers_per_worker: int = BUFFERS_PER_WORKER) -> None:
+                 workers: int = WORKERS, buffers: int = BUFFERS,
+                 before_reuse: Callable[[], None] = lambda: None) -> None:
         self._reader = reader
+        self._before_reuse = before_reuse
         self._span_blocks = span_blocks
         first, last = start // BLOCK_SIZE, -(-end // BLOCK_SIZE)
         bounds = [first, *range((first // span_blocks + 1) * span_blocks, last, span_blocks), last]
@@ -57,7 +70,7 @@ class _VerifiedSpans:
         self._threads = []
         for w in range(min(workers, len(self._spans))):
             free: queue.Queue[bytearray | None] = queue.Queue()
-            for _ in range(buffers_per_worker):
+            for _ in range(max(2, buffers // workers)):
                 free.put(bytearray(span_blocks * BLOCK_SIZE))
             self._free.append(free)
             self._ready.append(queue.Queue())
@@ -92,8 +105,10 @@ class _VerifiedSpans:
         self._next_span += 1
 
     def get(self, offset: int, length: int) -> bytes | memoryview:
-        """Verified bytes; valid until the next call (their buffer may then be reused)."""
+        """Verified bytes; valid until ``before_reuse`` is called (their buffer is reused after)."""
         end = offset + length
+        if self._held and self._held[0][0] + self._held[0][1] <= offset:
+            self._before_reuse()
         while self._held and self._held[0][0] + self._held[0][1] <= offset:
             _first, _size, buf, worker = self._held.popleft()
             self._free[worker].put(buf)
@@ -118,6 +133,33 @@ class _VerifiedSpans:
             t.join()
 
 
+class _Batch:
+    """Squashfs blocks gathered for one ``writev``: views into held spans, decompressed blocks,
+    the shared zero block. Flushed before a span buffer is reused and when ``max_bytes`` or
+    ``max_chunks`` is reached, so memory stays bounded (one span of decompressed data)."""
+
+    def __init__(self, writer: SlotWriter, max_bytes: int, max_chunks: int = BATCH_CHUNKS) -> None:
+        self._writer = writer
+        self._max_bytes = max_bytes
+        self._max_chunks = max_chunks
+        self._chunks: list[bytes | memoryview] = []
+        self._bytes = 0
+        self.written = 0
+
+    def add(self, chunk: bytes | memoryview) -> None:
+        self._chunks.append(chunk)
+        self._bytes += len(chunk)
+        if self._bytes >= self._max_bytes or len(self._chunks) >= self._max_chunks:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._chunks:
+            self._writer.writev(self._chunks)
+            self.written += self._bytes
+            self._chunks = []
+            self._bytes = 0
+
+
 def write_image(bundle: OpenedBundle, entry: ImageEntry, writer: SlotWriter, *,
                 span_blocks: int = SPAN_BLOCKS, workers: int = WORKERS) -> int:
     """Stream the verified image ``entry`` into ``writer``; returns the bytes written. Raises
@@ -126,13 +168,14 @@ def write_image(bundle: OpenedBundle, entry: ImageEntry, writer: SlotWriter, *,
     start, length = fs.data_extent(inode)
     # The no-deadlock argument needs every squashfs block to fit in one span.
     span_blocks = max(span_blocks, fs.sb.block_size // BLOCK_SIZE)
-    spans = _VerifiedSpans(bundle.reader, start, start + length, span_blocks, workers) if length else None
-    written = 0
+    batch = _Batch(writer, span_blocks * BLOCK_SIZE)
+    spans = (_VerifiedSpans(bundle.reader, start, start + length, span_blocks, workers, before_reuse=batch.flush)
+             if length else None)
     try:
         for chunk in fs.iter_file(inode, read=spans.get if spans else None):
-            writer.write(chunk)
-            written += len(chunk)
+            batch.add(chunk)
+        batch.flush()
     finally:
         if spans is not None:
             spans.close()
-    return written
+    return batch.written

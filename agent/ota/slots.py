@@ -11,11 +11,9 @@ simulated bootloader); on the device the bootloader passes ``rauc.slot=A`` (RAUC
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import mmap
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -27,7 +25,9 @@ _CLASS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class SlotWriter(Protocol):
-    def write(self, data: bytes | memoryview) -> None: ...
+    def writev(self, chunks: Sequence[bytes | memoryview]) -> None:
+        """Append ``chunks`` in order (one ``writev``: one syscall, one GIL release for many
+        squashfs blocks). The caller may reuse the chunks' memory once this returns."""
 
     def finish(self) -> None: ...
 
@@ -40,6 +40,22 @@ class SlotStore(Protocol):
     def open_for_write(self, slot: str, size: int, slotclass: str = "rootfs") -> SlotWriter: ...
 
     def path(self, slot: str, slotclass: str = "rootfs") -> Path: ...
+
+
+def _write_all(fd: int, chunks: Sequence[bytes | memoryview], size: int) -> None:
+    """``writev`` until every byte is written (a regular file takes it all in one call; a block
+    device or a signal may stop short)."""
+    n = os.writev(fd, chunks)
+    if n == size:
+        return
+    for chunk in chunks:
+        if n >= len(chunk):
+            n -= len(chunk)
+            continue
+        view = memoryview(chunk)[n:]
+        n = 0
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 class _FdWriter:
@@ -59,14 +75,13 @@ class _FdWriter:
         self._kicked = 0
         self._truncate = truncate
 
-    def write(self, data: bytes | memoryview) -> None:
-        if self._written + len(data) > self._limit:
+    def writev(self, chunks: Sequence[bytes | memoryview]) -> None:
+        size = sum(map(len, chunks))
+        if self._written + size > self._limit:
             raise OtaError("image larger than the slot", code="ota.slot_too_small")
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        self._written += len(data)
+        if size:
+            _write_all(self._fd, chunks, size)
+        self._written += size
         if self._written - self._kicked >= self.KICK:
             start = max(0, self._kicked - self.KICK)
             os.posix_fadvise(self._fd, start, self._written - start, os.POSIX_FADV_DONTNEED)
@@ -85,110 +100,10 @@ class _FdWriter:
         os.close(self._fd)
 
 
-class _DirectWriter:
-    """Slot writes that bypass the page cache (``O_DIRECT``) from one page-aligned staging buffer.
-
-    Why: a buffered write copies every byte into the page cache, allocates and later reclaims those
-    pages (the fadvise dance of ``_FdWriter``), all on the installer's CPU, which the verification
-    needs; with ``O_DIRECT`` the device (or the hypervisor for a virtual disk) moves the bytes and
-    the running system's cache is never touched. squashfs blocks are neither page-aligned in memory
-    nor a multiple of the device block in length, so they are gathered into an anonymous ``mmap``
-    (page-aligned) and written ``STAGE`` bytes at a time at aligned offsets; the last partial page
-    goes through a buffered write (``O_DIRECT`` cleared with ``F_SETFL``) so the slot gets exactly
-    the image's bytes. A filesystem that accepts the open but refuses a direct write (EINVAL)
-    gets the rest buffered as well. ``fsync`` at the end, as before: durability is unchanged."""
-
-    STAGE = 4 * 1024 * 1024
-    ALIGN = 4096  # the largest logical block size in use; STAGE is a multiple of it
-
-    def __init__(self, fd: int, limit: int, truncate: bool) -> None:
-        self._fd = fd
-        self._limit = limit
-        self._truncate = truncate
-        self._written = 0
-        self._map = mmap.mmap(-1, self.STAGE)
-        self._stage = memoryview(self._map)
-        self._fill = 0
-        self._direct = True
-
-    def _buffered(self) -> None:
-        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-        self._direct = False
-
-    def _flush(self, length: int) -> None:
-        view = self._stage[:length]
-        while view:
-            if self._direct and len(view) % self.ALIGN:
-                self._buffered()
-            try:
-                n = os.write(self._fd, view)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or not self._direct:
-                    raise
-                self._buffered()
-                continue
-            view = view[n:]
-        self._fill = 0
-
-    def write(self, data: bytes | memoryview) -> None:
-        size = len(data)
-        if self._written + size > self._limit:
-            raise OtaError("image larger than the slot", code="ota.slot_too_small")
-        src = memoryview(data)
-        pos = 0
-        while pos < size:
-            take = min(size - pos, self.STAGE - self._fill)
-            self._stage[self._fill : self._fill + take] = src[pos : pos + take]
-            self._fill += take
-            pos += take
-            if self._fill == self.STAGE:
-                self._flush(self.STAGE)
-        self._written += size
-
-    def _release(self) -> None:
-        self._stage.release()
-        self._map.close()
-
-    def finish(self) -> None:
-        try:
-            fill = self._fill
-            aligned = fill - fill % self.ALIGN
-            if aligned:
-                self._flush(aligned)
-            if fill > aligned:  # the last partial page: buffered (_flush switches), exact length
-                self._stage[: fill - aligned] = self._stage[aligned:fill]
-                self._flush(fill - aligned)
-            if self._truncate:
-                os.ftruncate(self._fd, self._written)
-            os.fsync(self._fd)
-        finally:
-            os.close(self._fd)
-            self._release()
-
-    def abort(self) -> None:
-        os.close(self._fd)
-        self._release()
-
-
-def _writer(fd: int, limit: int, *, truncate: bool, direct: bool) -> SlotWriter:
-    """The direct writer where the file or device takes ``O_DIRECT`` (``F_SETFL`` says EINVAL
-    where it does not, e.g. tmpfs before Linux 6.6), the buffered one otherwise. Owns ``fd``."""
-    if direct:
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
-            return _DirectWriter(fd, limit, truncate)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                os.close(fd)
-                raise
-    return _FdWriter(fd, limit, truncate)
-
-
 class FileSlots:
-    def __init__(self, ota_dir: Path, max_slot_bytes: int = 8 * 1024**3, *, direct_io: bool = False) -> None:
+    def __init__(self, ota_dir: Path, max_slot_bytes: int = 8 * 1024**3) -> None:
         self._dir = ota_dir / "slots"
         self._max = max_slot_bytes
-        self._direct = direct_io
 
     def path(self, slot: str, slotclass: str = "rootfs") -> Path:
         if slot not in SLOTS or not _CLASS_RE.match(slotclass):
@@ -201,17 +116,16 @@ class FileSlots:
             raise OtaError("image larger than the slot", code="ota.slot_too_small")
         ensure_dir(self._dir)
         fd = os.open(self.path(slot, slotclass), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        return _writer(fd, size, truncate=True, direct=self._direct)
+        return _FdWriter(fd, size, truncate=True)
 
 
 class DeviceSlots:
     """``{"A": {"rootfs": /dev/vda4, "fit": /dev/vda2}, "B": {...}}`` - partitions, never resized."""
 
-    def __init__(self, devices: dict[str, dict[str, Path]], *, direct_io: bool = False) -> None:
+    def __init__(self, devices: dict[str, dict[str, Path]]) -> None:
         if set(devices) != set(SLOTS) or set(devices["A"]) != set(devices["B"]):
             raise OtaStateError("device slots must name A and B with the same classes", code="ota.slot_config")
         self._devices = devices
-        self._direct = direct_io
 
     def path(self, slot: str, slotclass: str = "rootfs") -> Path:
         try:
@@ -226,7 +140,7 @@ class DeviceSlots:
         if size > capacity:
             os.close(fd)
             raise OtaError("image larger than the slot", code="ota.slot_too_small")
-        return _writer(fd, size, truncate=False, direct=self._direct)
+        return _FdWriter(fd, size, truncate=False)
 
 
 class BootedSlotSource(Protocol):

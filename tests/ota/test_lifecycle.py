@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +110,11 @@ class _SwapOnFirstWrite:
         class W:
             first = True
 
-            def write(self, data: bytes | memoryview) -> None:
+            def writev(self, chunks: Sequence[bytes | memoryview]) -> None:
                 if self.first:
                     self.first = False
                     outer.swap()
-                writer.write(data)
+                writer.writev(chunks)
 
             def finish(self) -> None:
                 writer.finish()
@@ -138,9 +139,10 @@ class _SwapOnFirstWrite:
 def swap_case(tmp_path_factory: pytest.TempPathFactory, pki: Pki, keyring: Path) -> tuple[bytes, bytes, bytes, bytes]:
     """(image, evil image, good bundle, good bundle with the evil payload): built once for both modes."""
     tmp = tmp_path_factory.mktemp("swap")
-    # The installer verifies at most WORKERS * BUFFERS_PER_WORKER spans ahead of the first write:
+    # The installer verifies at most as many spans ahead of the first write as it has buffers:
     # the payload must be larger than that for the in-place swap to hit bytes not read yet.
-    ahead = pipeline.WORKERS * pipeline.BUFFERS_PER_WORKER * pipeline.SPAN_BLOCKS * 4096
+    buffers = pipeline.WORKERS * max(2, pipeline.BUFFERS // pipeline.WORKERS)
+    ahead = buffers * pipeline.SPAN_BLOCKS * 4096
     image = make_image(tmp / "img", 3 * ahead, seed=11)
     evil_image = make_image(tmp / "evil", 3 * ahead, seed=12)
     # A different, validly signed bundle of the same size: only the payload bytes differ.

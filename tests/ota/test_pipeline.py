@@ -1,6 +1,7 @@
 """The install pipeline (agent/ota/pipeline.py) with spans much smaller than usual, so that
-squashfs blocks straddle spans, both verify workers take turns and buffers are recycled many times:
-the bytes written must be the image, and after a bad block nothing but a verified prefix."""
+squashfs blocks straddle spans, verify workers take turns, buffers are recycled and writes are
+batched across them many times: the bytes written must be the image, and after a bad block nothing
+but a verified prefix."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.ota import slots as slots_mod
+from agent.ota.errors import OtaError
 from agent.ota.pipeline import write_image
 from agent.ota.slots import FileSlots
 from bootverify.bundle.bundle import OpenedBundle, open_bundle
@@ -39,30 +41,22 @@ def _open(data: bytes, keyring: Path) -> OpenedBundle:
     return open_bundle(lambda off, n: data[off : off + n], len(data), Keyring.from_pem(keyring.read_bytes()), now())
 
 
-def _install(bundle: OpenedBundle, tmp: Path, direct_io: bool = False, **kw: int) -> tuple[Path, int]:
+def _install(bundle: OpenedBundle, tmp: Path, **kw: int) -> tuple[Path, int]:
     entry = bundle.manifest.image("rootfs")
-    slots = FileSlots(tmp, direct_io=direct_io)
+    slots = FileSlots(tmp)
     writer = slots.open_for_write("B", entry.size or 0)
     n = write_image(bundle, entry, writer, **kw)
     writer.finish()
     return slots.path("B"), n
 
 
-@pytest.fixture
-def small_stage(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The direct writer's staging buffer down to one page, so these small images cross it many
-    # times and end in a partial page (the real one is 4 MiB).
-    monkeypatch.setattr(slots_mod._DirectWriter, "STAGE", 4096)
-
-
-@pytest.mark.parametrize(("span_blocks", "workers", "direct_io"),
-                         [(1, 1, True), (1, 2, True), (2, 2, True), (3, 2, False), (256, 2, True), (256, 2, False)])
+@pytest.mark.parametrize(("span_blocks", "workers"), [(1, 1), (1, 2), (2, 2), (3, 1), (256, 1), (256, 2)])
 def test_pipeline_writes_exactly_the_image(small_block_bundle: tuple[Path, bytes], keyring: Path, tmp_path: Path,
-                                           span_blocks: int, workers: int, direct_io: bool, small_stage: None) -> None:
+                                           span_blocks: int, workers: int) -> None:
     path, image = small_block_bundle
     bundle = _open(path.read_bytes(), keyring)
     threads = threading.active_count()
-    out, n = _install(bundle, tmp_path, direct_io, span_blocks=span_blocks, workers=workers)
+    out, n = _install(bundle, tmp_path, span_blocks=span_blocks, workers=workers)
     assert n == len(image) and out.read_bytes() == image
     assert threading.active_count() == threads  # the workers are joined
     # Every payload block holding the image's data went through the tree (sparse blocks have none).
@@ -71,8 +65,7 @@ def test_pipeline_writes_exactly_the_image(small_block_bundle: tuple[Path, bytes
 
 
 def test_pipeline_stops_at_a_bad_block_with_a_verified_prefix(small_block_bundle: tuple[Path, bytes],
-                                                              keyring: Path, tmp_path: Path,
-                                                              small_stage: None) -> None:
+                                                              keyring: Path, tmp_path: Path) -> None:
     path, image = small_block_bundle
     data = bytearray(path.read_bytes())
     good = _open(bytes(data), keyring)
@@ -83,9 +76,9 @@ def test_pipeline_stops_at_a_bad_block_with_a_verified_prefix(small_block_bundle
     bad = _open(bytes(data), keyring)
     threads = threading.active_count()
     entry = bad.manifest.image("rootfs")
-    slots = FileSlots(tmp_path, direct_io=True)
+    slots = FileSlots(tmp_path)
     writer = slots.open_for_write("B", entry.size or 0)
-    with pytest.raises(VerityError):
+    with pytest.raises(VerityError, match=f"payload block {(start + length * 3 // 4) // 4096} "):
         write_image(bad, entry, writer, span_blocks=1, workers=2)
     writer.abort()
     written = slots.path("B").read_bytes()
@@ -94,13 +87,24 @@ def test_pipeline_stops_at_a_bad_block_with_a_verified_prefix(small_block_bundle
     assert threading.active_count() == threads
 
 
-def test_slot_writes_bypass_the_page_cache_where_possible(tmp_path: Path) -> None:
-    # ext4 (the test's tmp dir) takes O_DIRECT; an odd length ends in the buffered tail.
-    slots = FileSlots(tmp_path, direct_io=True)
-    writer = slots.open_for_write("B", 3 * 4096 + 5)
-    assert isinstance(writer, slots_mod._DirectWriter)
+def test_short_writev_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A block device or a signal may stop writev short; the writer must finish the job in order.
+    real_writev = os.writev
+    monkeypatch.setattr(slots_mod.os, "writev", lambda fd, chunks: real_writev(fd, [bytes(chunks[0])[:3]]))
+    slots = FileSlots(tmp_path)
     data = os.urandom(3 * 4096 + 5)
-    writer.write(data[:7])
-    writer.write(memoryview(data)[7:])
+    writer = slots.open_for_write("B", len(data))
+    writer.writev([data[:7], memoryview(data)[7:4096], b"", memoryview(data)[4096:]])
     writer.finish()
     assert slots.path("B").read_bytes() == data
+
+
+def test_slot_writer_refuses_more_than_the_image_size(tmp_path: Path) -> None:
+    slots = FileSlots(tmp_path)
+    writer = slots.open_for_write("B", 4096)
+    writer.writev([bytes(4000)])
+    with pytest.raises(OtaError) as info:
+        writer.writev([bytes(50), bytes(50)])
+    writer.abort()
+    assert info.value.code == "ota.slot_too_small"
+    assert slots.path("B").stat().st_size == 4000
