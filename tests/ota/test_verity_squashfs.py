@@ -59,6 +59,27 @@ def test_reader_checks_every_block() -> None:
         _reader(buf[: len(data) // 2], blocks, tree.root_hash, salt).read(0, len(data))
 
 
+@pytest.mark.parametrize("victim_block", [0, 77, 127, 128, 200, 255])
+def test_span_read_names_the_bad_block(victim_block: int) -> None:
+    """``read_blocks_into`` compares a whole level-0 group of digests at once; a bad block anywhere
+    in a 256-block span (first, middle, level-0 group edges, last) is still refused by its exact
+    index, and only the blocks before it count as verified."""
+    blocks = 300
+    data = os.urandom(blocks * BLOCK_SIZE)
+    salt = os.urandom(32)
+    tree = build_tree((data[i : i + BLOCK_SIZE] for i in range(0, len(data), BLOCK_SIZE)), salt)
+    buf = bytearray(data + tree.tree)
+    good = _reader(buf, blocks, tree.root_hash, salt)
+    span = memoryview(bytearray(256 * BLOCK_SIZE))
+    good.read_blocks_into(10, span)
+    assert bytes(span) == data[10 * BLOCK_SIZE : 266 * BLOCK_SIZE] and good.blocks_verified == 256
+    buf[(10 + victim_block) * BLOCK_SIZE + 99] ^= 0x40
+    bad = _reader(buf, blocks, tree.root_hash, salt)
+    with pytest.raises(VerityError, match=rf"^payload block {10 + victim_block} does not match"):
+        bad.read_blocks_into(10, span)
+    assert bad.blocks_verified == victim_block
+
+
 def test_reader_returns_only_bytes_it_checked() -> None:
     """A source that changes between reads (TOCTOU) is caught, never passed through."""
     blocks = 4
