@@ -36,7 +36,7 @@ from agent.config import build_config
 from agent.ota.config import build_installer
 from agent.state import StateDir
 state, keyring, bundle = (Path(a) for a in sys.argv[1:4])
-ota = {"keyring": str(keyring), **({"direct_io": True} if sys.argv[4] == "direct" else {})}
+ota = {"keyring": str(keyring)}
 st = StateDir.open(state)
 cfg = build_config(st.root, {"ota": ota, "device": {"model": "RC-1000"}})
 inst = build_installer(cfg, st, lambda e, o, d: None)
@@ -130,28 +130,25 @@ def bench_size(tmp: Path, pki: Path, size_mib: int, repeats: int) -> dict[str, A
     for cache in ("warm", "cold"):
         ours: list[float] = []
         cpu: list[float] = []
-        direct: list[float] = []
-        direct_cpu: list[float] = []
         dds: list[float] = []
         dd_cpu: list[float] = []
         # Every timed run starts from a clean writeback state (sync) with the inputs either in the
-        # page cache or evicted, rotating which peer goes first. "direct" is the installer with
-        # the O_DIRECT slot writer (ota.direct_io on; the default is the page-cache writer).
-        peers = ["ours", "dd", "direct"]
+        # page cache or evicted, alternating which peer goes first.
+        peers = ["ours", "dd"]
         for i in range(repeats):
-            for peer in peers[i % 3:] + peers[: i % 3]:
+            for peer in peers[i % 2:] + peers[: i % 2]:
                 os.sync()
                 for f in (image, bundle):
                     if cache == "warm":
                         _read_through(f)
                     else:
                         _evict(f)
-                if peer in ("ours", "direct"):
+                if peer == "ours":
                     state = tmp / f"state{size_mib}-{cache}-{i}"
                     out = json.loads(run([sys.executable, "-c", WORKER, str(state), str(keyring),
-                                          str(bundle), peer]).stdout)
-                    (ours if peer == "ours" else direct).append(out["elapsed"])
-                    (cpu if peer == "ours" else direct_cpu).append(out["cpu"])
+                                          str(bundle)]).stdout)
+                    ours.append(out["elapsed"])
+                    cpu.append(out["cpu"])
                     rss.append(out["rss_peak_kib"] / 1024)
                     shutil.rmtree(state)
                 else:
@@ -162,9 +159,7 @@ def bench_size(tmp: Path, pki: Path, size_mib: int, repeats: int) -> dict[str, A
         ours_m, dd_m = statistics.median(ours), statistics.median(dds)
         res[cache] = {"install_s": ours_m, "dd_s": dd_m, "install_mib_s": size_mib / ours_m,
                       "dd_mib_s": size_mib / dd_m, "ratio": dd_m / ours_m, "install_cpu_s": statistics.median(cpu),
-                      "dd_cpu_s": statistics.median(dd_cpu), "ratios": [d / o for d, o in zip(dds, ours, strict=True)],
-                      "direct_s": statistics.median(direct), "direct_cpu_s": statistics.median(direct_cpu),
-                      "direct_ratio": dd_m / statistics.median(direct)}
+                      "dd_cpu_s": statistics.median(dd_cpu), "ratios": [d / o for d, o in zip(dds, ours, strict=True)]}
     res["peak_rss_mib"] = max(rss)
     res["load_min"], res["load_max"] = min(loads), max(loads)
     sig = json.loads(run([sys.executable, "-c", SIG_WORKER, str(keyring), str(bundle)]).stdout)["median"]
@@ -206,8 +201,7 @@ def main(argv: list[str]) -> int:
         "",
         "Install = signature check + policy + streaming verified write of the image into a file-backed",
         "slot + fsync + boot-state update (in-process timing; agent/ota/pipeline.py: 1 MiB spans verified",
-        "by two worker threads, written by the caller through the page cache; \"O_DIRECT writer\" = the",
-        "same install with `ota.direct_io: true`, 4 MiB aligned staging buffer, in the same run).",
+        "by one worker thread, written by the caller through the page cache, one `writev` per span).",
         "Peer: `dd if=IMAGE of=NEW_FILE bs=1M conv=fsync`",
         "on the same filesystem (the raw image, not the bundle: what an unverified copy costs).",
         "Ratio = dd time / install time (target >= 0.9). Every run starts after `sync`; warm = both",
@@ -215,9 +209,8 @@ def main(argv: list[str]) -> int:
         "alternate. CPU = user+sys of the process. The image is two thirds random, one third zero blocks",
         "(squashfs stores those as sparse blocks; both the installer and dd write every byte).",
         "",
-        "| image | cache | install | dd | ratio (median; each run) | install CPU | dd CPU "
-        "| O_DIRECT writer: time, CPU, ratio | load avg (1 min) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| image | cache | install | dd | ratio (median; each run) | install CPU | dd CPU | load avg (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for cache in ("warm", "cold"):
@@ -226,7 +219,6 @@ def main(argv: list[str]) -> int:
             lines.append(f"| {r['size_mib']} MiB | {cache} | {c['install_s']:.2f} s ({c['install_mib_s']:.0f} MiB/s) | "
                          f"{c['dd_s']:.2f} s ({c['dd_mib_s']:.0f} MiB/s) | **{c['ratio']:.2f}** ({each}) | "
                          f"{c['install_cpu_s']:.2f} s | {c['dd_cpu_s']:.2f} s | "
-                         f"{c['direct_s']:.2f} s, {c['direct_cpu_s']:.2f} s, {c['direct_ratio']:.2f} | "
                          f"{r['load_min']:.1f}-{r['load_max']:.1f} |")
     lines += [
         "",

@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile the install phase")
     ap.add_argument("--rev", action="append", default=[],
                     help="installer code to time: a git revision or 'worktree' (default: main and worktree)")
-    ap.add_argument("--phases", default="verify,decode,install_buffered,install",
-                    help="guest phases: read, verify, decode, install_buffered, install")
+    ap.add_argument("--phases", default="verify,decode,install",
+                    help="guest phases: read, verify, decode, install")
     ap.add_argument("--running-phases", default="install",
                     help="phases to time while the agent (and its software encoder) runs; '' for none")
     args = ap.parse_args(argv)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import cProfile
 import datetime as dt
-import functools
 import io
 import json
 import os
@@ -76,44 +75,34 @@ def main() -> int:
     devices = {"A": {"fit": Path("/dev/vda2"), "rootfs": Path("/dev/vda4")},
                "B": {"fit": Path("/dev/vda3"), "rootfs": Path("/dev/vda5")}}
 
-    def install(direct: bool | None = None) -> None:
+    def install() -> None:
         b = opened()
-        # Older firmware has no direct_io switch (buffered writes only).
-        slots = DeviceSlots(devices) if direct is None else DeviceSlots(devices, direct_io=direct)
+        slots = DeviceSlots(devices)
         for entry in b.manifest.images:
             writer = slots.open_for_write("B", entry.size or 0, entry.slotclass)
-            out[f"writer_{direct}"] = type(writer).__name__
             write_image(b, entry, writer)
             writer.finish()
 
-    try:
-        DeviceSlots(devices, direct_io=False)
-        variants: list[tuple[str, bool | None]] = [("install_buffered", False), ("install", True)]
-    except TypeError:
-        variants = [("install", None)]
-
     out["code"] = str(Path(str(__import__("agent").__file__)).parent)
     wanted = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--phases=")),
-                  "read,verify,decode,install_buffered,install").split(",")
+                  "read,verify,decode,install").split(",")
     if "read" in wanted:
         timed("read", read_only)
     if "verify" in wanted:
         timed("verify", lambda: verify_whole_payload(opened()))
     if "decode" in wanted:
         timed("decode", decode_only)
-    for name, direct in variants:
-        if name not in wanted:
-            continue
-        if profile and name == "install":
+    if "install" in wanted:
+        if profile:
             prof = cProfile.Profile()
             prof.enable()
-            timed(name, functools.partial(install, direct))
+            timed("install", install)
             prof.disable()
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(20)
             print(s.getvalue(), flush=True)
         else:
-            timed(name, functools.partial(install, direct))
+            timed("install", install)
     print("GUEST-PHASES " + json.dumps(out), flush=True)
     return 0
 
