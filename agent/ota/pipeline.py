@@ -9,10 +9,11 @@ Two stages joined by a small pool of reusable buffers:
   decompresses where needed and writes a span's blocks to the slot with ONE ``writev``.
 
 Why one worker and one ``writev`` per span: every GIL-releasing call is a point where a thread
-may have to win the GIL back from the others (CPython lets a waiting thread starve while the
-holder keeps dropping and retaking it around short calls). A second hashing thread added CPU
-and context switches without a faster install, and a write per squashfs block instead of per
-span cost ~15 % more CPU (docs/ota.md section 8 has the measurements).
+may have to win the GIL back (CPython's waiter asks for it only after a whole switch interval
+without any switch, and a thread hashing 4 KiB blocks drops and retakes it every few
+microseconds). Measured: a second hashing thread added CPU and context switches without a
+faster install, and a write per squashfs block instead of one per span cost ~15 % more CPU
+(docs/ota.md section 8).
 
 TOCTOU: a span is handed over only after all its blocks verified, and it lives in a buffer only
 this process writes to, so the bytes written are the bytes checked; a span that fails never
