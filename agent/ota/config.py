@@ -21,7 +21,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig
 from agent.ota.antirollback import FileRollbackIndex
@@ -31,9 +31,11 @@ from agent.ota.installer import AuditFn, Installer, InstallPolicy
 from agent.ota.slots import BootedSlotSource, CmdlineBootedSlot, DeviceSlots, FileBootedSlot, FileSlots, SlotStore
 from agent.ota.ubootenv import DEFAULT_ENV_SIZE, EnvLocation, UBootEnv
 from agent.state import StateDir
-from bootverify.bundle.bundle import BundleLimits
-from bootverify.bundle.cms import Keyring
+from bootverify.bundle.limits import BundleLimits
 from bootverify.errors import BootVerifyError
+
+if TYPE_CHECKING:
+    from bootverify.bundle.cms import Keyring
 
 MAX_KEYRING_BYTES = 256 * 1024
 
@@ -61,6 +63,8 @@ def load_keyring(path: Path) -> Keyring:
         raise OtaError(f"cannot read keyring {path}: {exc.strerror}", code="ota.no_keyring", status=503) from exc
     if len(raw) > MAX_KEYRING_BYTES:
         raise OtaError("keyring too large", code="ota.keyring_invalid")
+    from bootverify.bundle.cms import Keyring  # the CMS chain loads with the first update
+
     try:
         return Keyring.from_pem(raw)
     except BootVerifyError as exc:

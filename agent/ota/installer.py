@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -35,13 +35,15 @@ from agent.ota import bootchooser as bc
 from agent.ota.antirollback import RollbackIndexStore
 from agent.ota.bootchooser import BootChooser, BootState
 from agent.ota.errors import MarkGoodRefused, OtaBusy, OtaError, OtaRefused, OtaStateError
-from agent.ota.pipeline import write_image
 from agent.ota.slots import BootedSlotSource, SlotStore
 from agent.state import atomic_write, atomic_write_json, ensure_dir, read_json
-from bootverify.bundle.bundle import BundleLimits, OpenedBundle, open_bundle
-from bootverify.bundle.cms import Keyring, select_crls
-from bootverify.bundle.manifest import ImageEntry
+from bootverify.bundle.limits import BundleLimits
 from bootverify.errors import BootVerifyError
+
+if TYPE_CHECKING:
+    from bootverify.bundle.bundle import OpenedBundle
+    from bootverify.bundle.cms import Keyring
+    from bootverify.bundle.manifest import ImageEntry
 
 # audit(event, outcome, details) - sync and thread-safe (AuditLog.append).
 AuditFn = Callable[[str, str, Mapping[str, Any]], None]
@@ -208,6 +210,11 @@ class Installer:
         def pread_into(buf: memoryview, offset: int) -> int:
             return os.preadv(fd, [buf], offset)
 
+        # The bundle chain (CMS, ASN.1, squashfs, verity) loads with the first update, not with
+        # the agent: on the board it is about a second of the start before HTTPS answers.
+        from bootverify.bundle.bundle import open_bundle
+        from bootverify.bundle.cms import Keyring
+
         keyring = self._keyring()
         keyring = Keyring(keyring.roots, (*keyring.crls, *self.state.known_crls()))
         try:
@@ -265,6 +272,8 @@ class Installer:
 
     def _write_image(self, bundle: OpenedBundle, entry: ImageEntry, target: str) -> int:
         assert entry.size is not None
+        from agent.ota.pipeline import write_image
+
         writer = self.slots.open_for_write(target, entry.size, entry.slotclass)
         try:
             written = write_image(bundle, entry, writer)
@@ -308,6 +317,8 @@ class Installer:
     def _store_crls(self, bundle: OpenedBundle) -> None:
         if not bundle.crls:
             return
+        from bootverify.bundle.cms import select_crls  # loaded with the bundle already
+
         known = self.state.known_crls()
         issuers = [c for s in bundle.signers for c in s.chain[1:]]
         best = select_crls([*known, *bundle.crls], issuers, self._now())

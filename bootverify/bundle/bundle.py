@@ -18,21 +18,14 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from bootverify.bundle.cms import MAX_SIGNATURE_BYTES, Keyring, SignerInfo, verify_signed_content
+from bootverify.bundle.cms import Keyring, SignerInfo, verify_signed_content
+from bootverify.bundle.limits import BundleLimits as BundleLimits
 from bootverify.bundle.manifest import ImageEntry, Manifest, parse_manifest, require_verity
 from bootverify.bundle.squashfs import FileInode, SquashFs
 from bootverify.bundle.verity import BLOCK_SIZE, Pread, PreadInto, VerifiedReader, tree_size
 from bootverify.errors import BundleFormatError, PayloadError
 
 TRAILER = 8
-
-
-@dataclass(frozen=True)
-class BundleLimits:
-    max_signature_bytes: int = MAX_SIGNATURE_BYTES
-    max_bundle_bytes: int = 4 * 1024 * 1024 * 1024
-    min_signers: int = 1
-    require_crl: bool = False
 
 
 @dataclass(frozen=True)

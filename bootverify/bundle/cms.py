@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
+from bootverify.bundle.limits import MAX_SIGNATURE_BYTES
 from bootverify.errors import SignatureError
 
-MAX_SIGNATURE_BYTES = 64 * 1024
 MAX_SIGNERS = 4
 MAX_CERTS = 16
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
