@@ -40,6 +40,8 @@ ota = {"keyring": str(keyring)}
 st = StateDir.open(state)
 cfg = build_config(st.root, {"ota": ota, "device": {"model": "RC-1000"}})
 inst = build_installer(cfg, st, lambda e, o, d: None)
+# The agent imports the bundle chain with its first update; a running agent has it loaded.
+import agent.ota.pipeline, bootverify.bundle.bundle  # noqa: E401,F401
 ru0 = resource.getrusage(resource.RUSAGE_SELF)
 rss0 = ru0.ru_maxrss
 t0 = time.perf_counter()
