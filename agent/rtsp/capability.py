@@ -13,12 +13,11 @@ from aiohttp import web
 from agent.capability import Role, Route
 from agent.errors import NotFound
 from agent.rtsp.config import RtspConfig
-from agent.rtsp.digest import DigestAuthenticator
-from agent.rtsp.feeds import FeedManager, FrameSource
-from agent.rtsp.handler import RtspHandler, TalkSink
-from agent.rtsp.server import RtspServer
 
 if TYPE_CHECKING:
+    from agent.rtsp.feeds import FrameSource
+    from agent.rtsp.handler import RtspHandler, TalkSink
+    from agent.rtsp.server import RtspServer
     from agent.services import Services
     from agent.settings.model import Settings
 
@@ -59,6 +58,13 @@ class RtspCapability:
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        # The server's modules load here, after HTTPS answers (agent.capabilities.AFTER_LISTENING):
+        # on the board's emulated CPU they would otherwise lengthen the boot's critical path.
+        from agent.rtsp.digest import DigestAuthenticator
+        from agent.rtsp.feeds import FeedManager
+        from agent.rtsp.handler import RtspHandler
+        from agent.rtsp.server import RtspServer
+
         svc = self._svc
         auth = DigestAuthenticator(svc.users, nonce_lifetime_s=self.cfg.nonce_lifetime_s,
                                    replay_cache_size=self.cfg.replay_cache_size)
