@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _import_server() -> None:
+    import agent.rtsp.digest
+    import agent.rtsp.feeds
+    import agent.rtsp.handler
+    import agent.rtsp.server  # noqa: F401
+
+
 class MediaPort(Protocol):
     """What RTSP needs from the media capability: a hub per stream name and the talk output."""
 
@@ -59,7 +66,9 @@ class RtspCapability:
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         # The server's modules load here, after HTTPS answers (agent.capabilities.AFTER_LISTENING):
-        # on the board's emulated CPU they would otherwise lengthen the boot's critical path.
+        # on the board's emulated CPU they would otherwise lengthen the boot's critical path. In a
+        # worker thread, so that the event loop goes on with the listener's first TLS handshakes.
+        await asyncio.to_thread(_import_server)
         from agent.rtsp.digest import DigestAuthenticator
         from agent.rtsp.feeds import FeedManager
         from agent.rtsp.handler import RtspHandler
