@@ -13,16 +13,22 @@ from aiohttp import web
 from agent.capability import Role, Route
 from agent.errors import NotFound
 from agent.rtsp.config import RtspConfig
-from agent.rtsp.digest import DigestAuthenticator
-from agent.rtsp.feeds import FeedManager, FrameSource
-from agent.rtsp.handler import RtspHandler, TalkSink
-from agent.rtsp.server import RtspServer
 
 if TYPE_CHECKING:
+    from agent.rtsp.feeds import FrameSource
+    from agent.rtsp.handler import RtspHandler, TalkSink
+    from agent.rtsp.server import RtspServer
     from agent.services import Services
     from agent.settings.model import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _import_server() -> None:
+    import agent.rtsp.digest
+    import agent.rtsp.feeds
+    import agent.rtsp.handler
+    import agent.rtsp.server  # noqa: F401
 
 
 class MediaPort(Protocol):
@@ -59,6 +65,15 @@ class RtspCapability:
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        # The server's modules load here, after HTTPS answers (agent.capabilities.AFTER_LISTENING):
+        # on the board's emulated CPU they would otherwise lengthen the boot's critical path. In a
+        # worker thread, so that the event loop goes on with the listener's first TLS handshakes.
+        await asyncio.to_thread(_import_server)
+        from agent.rtsp.digest import DigestAuthenticator
+        from agent.rtsp.feeds import FeedManager
+        from agent.rtsp.handler import RtspHandler
+        from agent.rtsp.server import RtspServer
+
         svc = self._svc
         auth = DigestAuthenticator(svc.users, nonce_lifetime_s=self.cfg.nonce_lifetime_s,
                                    replay_cache_size=self.cfg.replay_cache_size)

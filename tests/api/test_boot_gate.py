@@ -121,7 +121,7 @@ def test_wrong_token_or_foreign_gate_stays_closed(tmp_path: Path) -> None:
 
 def test_preload_covers_load_and_leaves_pyav_out(tmp_path: Path) -> None:
     """After preload (what runs during the boot stage) building the capabilities imports nothing
-    of the agent's, and PyAV is not imported before the media pipelines run."""
+    of the agent's, and neither PyAV nor the RTSP server is imported before they run."""
     script = f"""
 import sys
 from pathlib import Path
@@ -135,6 +135,8 @@ caps = capabilities.load(svc)
 late = sorted(m for m in set(sys.modules) - before if m.startswith("agent."))
 assert not late, late
 assert "av" not in sys.modules, "PyAV imported before the media pipelines run"
+# The RTSP server's modules load when RTSP starts, after the HTTPS listener.
+assert "agent.rtsp.handler" not in sys.modules and "agent.rtsp.server" not in sys.modules
 assert [c.name for c in caps][:4] == ["core", "audit", "factory", "media"]
 svc.audit.close()
 """
