@@ -137,6 +137,9 @@ assert not late, late
 assert "av" not in sys.modules, "PyAV imported before the media pipelines run"
 # The RTSP server's modules load when RTSP starts, after the HTTPS listener.
 assert "agent.rtsp.handler" not in sys.modules and "agent.rtsp.server" not in sys.modules
+# The OTA bundle chain (CMS, ASN.1, squashfs, verity) loads with the first update.
+late_ota = set(("bootverify.bundle.cms", "bootverify.bundle.bundle", "asn1crypto", "agent.ota.pipeline"))
+assert not late_ota & set(sys.modules), late_ota & set(sys.modules)
 assert [c.name for c in caps][:4] == ["core", "audit", "factory", "media"]
 svc.audit.close()
 """
