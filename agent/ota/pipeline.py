@@ -37,7 +37,7 @@ from bootverify.bundle.verity import BLOCK_SIZE, VerifiedReader
 from bootverify.errors import PayloadError
 
 SPAN_BLOCKS = 256  # 1 MiB: two level-0 hash blocks' worth, large enough to amortise each pread
-WORKERS = 1  # measured against 2 on the shared two-core host: same wall time within noise, less CPU
+WORKERS = 1  # against 2: less CPU, and faster on the idle two-core host (docs/ota.md section 8)
 # Span buffers in all (4 MiB), at least two per worker: the consumer holds at most two consecutive
 # spans, and the worker verifies ahead into the others while the consumer writes.
 BUFFERS = 4
