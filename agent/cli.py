@@ -19,11 +19,17 @@ def _port(value: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.user is not None:
+        from agent.privileges import drop_to
+
+        drop_to(args.user)
     from agent.runtime import run
 
     file_values = load_config_file(args.config) if args.config else {}
     if args.bind:
         file_values["bind"] = args.bind
+    if args.firewall_refresh:
+        file_values.setdefault("factory", {})["firewall_refresh"] = str(args.firewall_refresh)
     config = build_config(
         args.state_dir,
         file_values,
@@ -48,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--factory-ca", type=Path, help="factory CA (trust anchor) - device starts in factory state")
     run.add_argument("--factory-port", type=_port, help="port of the mutual-TLS factory endpoint")
     run.add_argument("--device", action="store_true", help="device mode (no host-mode setup-code file)")
+    run.add_argument("--user", help="become this unprivileged user first (the board starts the agent as root)")
+    run.add_argument("--firewall-refresh", type=Path, metavar="FIFO",
+                     help="after the factory lock, ask the board's init (root) through this FIFO to re-apply the "
+                          "firewall without the factory port")
     run.add_argument("--boot-gate-fd", type=int, metavar="FD",
                      help="inherited pipe: load the code, then wait for 'open' on it before touching state or sockets")
     run.set_defaults(func=_cmd_run)

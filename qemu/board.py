@@ -38,6 +38,10 @@ class BoardRun:
     qmp: Path | None = None
     # The board's entropy source (U-Boot's kaslrseed reads it); False only to test its absence.
     rng: bool = True
+    # A tap link instead of user networking, for tests that must reach every guest port (a port
+    # scan): the tap ``tap`` lives in network namespace ``netns``, where QEMU then runs too.
+    tap: str | None = None
+    netns: str | None = None
 
     def argv(self, *, dumpdtb: Path | None = None) -> list[str]:
         machine = list(MACHINE)
@@ -46,12 +50,18 @@ class BoardRun:
         drive = f"if=none,id=hd0,format=raw,file={self.disk},cache=unsafe"
         if self.snapshot:
             drive += ",snapshot=on"
-        netdev = "user,id=n0"
-        if self.restrict_net:
-            netdev += ",restrict=on"
-        for fwd in self.forwards:
-            netdev += "," + fwd.arg()
+        if self.tap is not None:
+            if self.forwards or self.restrict_net:
+                raise ValueError("forwards and restrict_net are user-networking options, not for a tap link")
+            netdev = f"tap,id=n0,ifname={self.tap},script=no,downscript=no"
+        else:
+            netdev = "user,id=n0"
+            if self.restrict_net:
+                netdev += ",restrict=on"
+            for fwd in self.forwards:
+                netdev += "," + fwd.arg()
         return [
+            *(["ip", "netns", "exec", self.netns] if self.netns else []),
             QEMU,
             *machine,
             "-display",

@@ -103,6 +103,16 @@ ROOTFS_APPLETS = (
     "test", "[", "printf", "chown", "touch", "mv", "df", "free", "top", "netstat", "vi", "less", "mkfifo",
 )
 DEV_ONLY_APPLETS = ("vi", "less", "top", "wget", "nc")
+# The board's accounts: root, and camera, the unprivileged user the agent runs as
+# (agent/privileges.py, camera-init). No account has a password hash: nothing to log in with.
+# buildroot/board/post-build.sh writes the same (tests/qemu/test_buildroot_tree.py).
+CAMERA_UID = 1000
+ACCOUNTS = {
+    "etc/passwd": ("root:x:0:0:root:/root:/bin/false\n"
+                   f"camera:x:{CAMERA_UID}:{CAMERA_UID}:camera services:/nonexistent:/bin/false\n"),
+    "etc/group": f"root:x:0:\ncamera:x:{CAMERA_UID}:\n",
+    "etc/shadow": "root:!*:19000::::::\ncamera:!*:19000::::::\n",
+}
 # The agent's device.model on the board (agent.config.DeviceFacts); bundles must name it.
 OTA_COMPATIBLE = "RC-1000"
 # Seconds a freshly installed slot has, from the start of camera-init, to pass the agent's health
@@ -417,10 +427,8 @@ class Builder:
             (tree / "etc/resolv.conf").unlink(missing_ok=True)
             os.symlink("/run/resolv.conf", tree / "etc/resolv.conf")
             (tree / "etc/hostname").write_text("camera\n")
-            (tree / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/false\n")
-            (tree / "etc/group").write_text("root:x:0:\n")
-            # Root has no password hash at all: there is nothing to log in with.
-            (tree / "etc/shadow").write_text("root:!*:19000::::::\n")
+            for rel, text in ACCOUNTS.items():
+                (tree / rel).write_text(text)
             (tree / "etc/shadow").chmod(0o600)
             (tree / "etc/os-release").write_text(
                 f'NAME="Camera firmware"\nVERSION_ID="{self.version}"\nVARIANT_ID="{self.profile}"\n'

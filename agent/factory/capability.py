@@ -7,10 +7,13 @@ claimed in host mode does not fall back into factory state; only a factory reset
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import errno
 import logging
+import os
+import stat
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.auth import claim
@@ -38,6 +41,21 @@ def _fused_facts(services: Services) -> DeviceFacts:
     if services.config.host_mode and facts.serial == placeholder:
         return dataclasses.replace(facts, serial="")
     return facts
+
+
+REFRESH_REQUEST = b"refresh\n"
+
+
+def request_firewall_refresh(fifo: Path) -> None:
+    """One request line into ``fifo``, without blocking: raises ``OSError`` (ENXIO) when nobody
+    reads it, i.e. when init is not waiting for requests."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a FIFO", str(fifo))
+        os.write(fd, REFRESH_REQUEST)  # shorter than PIPE_BUF: all or nothing
+    finally:
+        os.close(fd)
 
 
 class FactoryCapability:
@@ -110,17 +128,24 @@ class FactoryCapability:
             await self._close_factory_port()
 
     async def _close_factory_port(self) -> None:
-        """The board's firewall opened the factory port at boot (camera-init); re-apply the rules
-        without it now, not at the next reboot. The rules come from the boot stage's own code."""
-        proc = await asyncio.create_subprocess_exec(
-            "camera-bootverify", "firewall", "--state-dir", str(self._services.state.root), "--apply",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await proc.communicate()
-        text = out.decode(errors="replace").strip()[-200:]
-        if proc.returncode == 0:
-            print(text, flush=True)  # the board's console shows the applied policy
-        self._services.audit.append("factory.firewall_closed", outcome="success" if proc.returncode == 0 else "failure",
-                                    details={"port": self._services.config.factory_port, "output": text})
+        """The board's firewall opened the factory port at boot (camera-init); it closes now, not at
+        the next reboot. The agent runs unprivileged and cannot touch the firewall: it asks the
+        board's init (root) through a FIFO, and init re-applies the rules from the boot stage's own
+        code without the factory port. The request carries no policy, so all a compromised agent
+        can ask for is that same re-apply; init prints the applied policy on the console."""
+        port = self._services.config.factory_port
+        fifo = self._services.config.section("factory").get("firewall_refresh")
+        if not fifo:
+            self._services.audit.append("factory.firewall_close_requested", outcome="failure",
+                                        details={"port": port, "reason": "no firewall refresh channel configured"})
+            return
+        try:
+            request_firewall_refresh(Path(str(fifo)))
+        except OSError as exc:
+            self._services.audit.append("factory.firewall_close_requested", outcome="failure",
+                                        details={"port": port, "reason": f"{type(exc).__name__}: {exc.strerror}"})
+            return
+        self._services.audit.append("factory.firewall_close_requested", outcome="success", details={"port": port})
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -7,8 +7,11 @@ T=$1
 PROFILE=${CAMERA_PROFILE:-release}
 mkdir -p "$T/data" "$T/boot-env" "$T/etc/camera"
 echo "$PROFILE" > "$T/etc/camera/profile"
-echo "root:x:0:0:root:/root:/bin/false" > "$T/etc/passwd"
-echo "root:!*:19000::::::" > "$T/etc/shadow"; chmod 600 "$T/etc/shadow"
+# camera: the unprivileged user the agent runs as (agent/privileges.py, camera-init); no account
+# has a password hash.
+printf 'root:x:0:0:root:/root:/bin/false\ncamera:x:1000:1000:camera services:/nonexistent:/bin/false\n' > "$T/etc/passwd"
+printf 'root:x:0:\ncamera:x:1000:\n' > "$T/etc/group"
+printf 'root:!*:19000::::::\ncamera:!*:19000::::::\n' > "$T/etc/shadow"; chmod 600 "$T/etc/shadow"
 ln -sf /run/resolv.conf "$T/etc/resolv.conf"
 [ -n "${CAMERA_FACTORY_CA:-}" ] && install -m 0644 "$CAMERA_FACTORY_CA" "$T/etc/camera/factory-ca.pem"
 [ -n "${CAMERA_OTA_KEYRING:-}" ] && install -m 0644 "$CAMERA_OTA_KEYRING" "$T/etc/camera/ota-keyring.pem"

@@ -106,6 +106,26 @@ def test_dev_console_policy_and_outbound_block(dev_guest: Guest, dev_image: dict
     assert 443 in ports and ports <= {443, 322, 8444}, ports
     udp = _listening(sh(g, "cat /proc/net/udp /proc/net/udp6", "NU"), tcp=False)
     assert not udp, udp
+    # Least privilege (ETSI EN 303 645 5.6-7): the agent runs as camera with no capability; it
+    # owns /data and the inactive slot (B), root keeps the active slot (A).
+    status = sh(g, "for p in /proc/[0-9]*; do grep -q camera-agent $p/cmdline 2>/dev/null && "
+                   "grep -E '^(Uid|Gid|Groups|CapEff|CapPrm):' $p/status; done", "AGU")
+    assert status.count("Uid:") >= 1, status
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid"):
+            assert value.split() == ["1000"] * 4, status
+        elif key in ("CapEff", "CapPrm"):
+            assert int(value.strip(), 16) == 0, status
+        elif key == "Groups":
+            assert value.split() in ([], ["1000"]), status
+    owners = sh(g, "stat -c '%n %U %a' /dev/vda2 /dev/vda4 /dev/vda3 /dev/vda5 /data /boot-env /boot-env/*", "OWN")
+    found = dict((f.split()[0], f.split()[1:]) for f in owners.splitlines() if f.startswith("/"))
+    assert found["/dev/vda2"][0] == "root" and found["/dev/vda4"][0] == "root", owners
+    assert found["/dev/vda3"] == ["camera", "600"] and found["/dev/vda5"] == ["camera", "600"], owners
+    # The environment partition (U-Boot's stored copies in it) is the OTA boot-chooser's to write.
+    env_files = [k for k in found if k.startswith("/boot-env/uboot.env")]
+    assert env_files and all(found[k][0] == "camera" for k in [*env_files, "/boot-env", "/data"]), owners
     # Outbound default deny: the host is not on the allow-list.
     lst = Listener()
     try:

@@ -30,6 +30,10 @@ def test_boot_provision_claim_stream(release_image: dict[str, object], tmp_path:
     session = Session(ROOT / "build", timeout=400)
     try:
         info = session.start()
+        assert session.guest is not None
+        # The factory lock closed the factory port: the agent (unprivileged) asked init, which
+        # re-applied the firewall without it.
+        session.guest.wait_for(r"firewall applied \(in: 443,322;", 120)
         conn = session.run_dir / "connection.json"
         assert conn.stat().st_mode & 0o777 == 0o600
         saved = json.loads(conn.read_text())

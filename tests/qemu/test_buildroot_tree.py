@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qemu.build_image import Builder
+from qemu.build_image import ACCOUNTS, Builder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,3 +33,6 @@ def test_post_build_matches_the_qemu_image(tmp_path: Path) -> None:
     assert (target / "etc/camera/profile").read_text() == "release\n"
     assert (target / "etc/camera/modules").read_text() == ""
     assert 'VERSION_ID="2.3.4"' in (target / "etc/os-release").read_text()
+    for rel, text in ACCOUNTS.items():
+        assert (target / rel).read_text() == text, rel
+    assert (target / "etc/shadow").stat().st_mode & 0o777 == 0o600
