@@ -25,6 +25,7 @@ from typing import Any
 from bootverify.boot import attestation, facts, firewall, rollback, ubootenv
 from bootverify.boot.errors import BootStageError
 from bootverify.errors import BootVerifyError
+from bootverify.fsutil import read_regular
 
 RUN_SUBDIR = "run"
 ENV_PARTITION = Path("/dev/vda1")
@@ -136,9 +137,11 @@ def cmd_attest(args: argparse.Namespace) -> int:
 def _settings(state_dir: Path) -> dict[str, Any]:
     path = state_dir / "data" / "settings.json"
     try:
-        raw = _read(path, 256 * 1024 + 1)
+        raw = read_regular(path, 256 * 1024 + 1)  # the agent's file, read by root
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise BootStageError(f"settings.json unreadable ({exc.strerror})") from exc
     if len(raw) > 256 * 1024:
         raise BootStageError("settings.json too large")
     doc = json.loads(raw)

@@ -9,8 +9,10 @@ temp file is removed and the target is untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -44,3 +46,20 @@ def atomic_replace(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     with atomic_replace(path, mode) as fh:
         fh.write(data)
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of the regular file ``path``. The boot stage and init's firewall
+    re-apply read /data as root while the unprivileged agent owns it: a symlink there is not
+    followed (ELOOP) and a FIFO or device is refused without blocking (EINVAL)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks: list[bytes] = []
+        while limit > 0 and (chunk := os.read(fd, limit)):
+            chunks.append(chunk)
+            limit -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

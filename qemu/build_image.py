@@ -93,7 +93,7 @@ ROOTFS_MODULES = (
 # busybox applets linked in the images (busybox --install cannot run on the x86 build host).
 INITRAMFS_APPLETS = (
     "sh", "mount", "umount", "mkdir", "cat", "cut", "tr", "awk", "sleep", "echo", "modprobe",
-    "switch_root", "reboot", "poweroff", "chmod", "cp", "sync",
+    "switch_root", "reboot", "poweroff", "chmod", "cp", "sync", "head",
 )
 ROOTFS_APPLETS = (
     "sh", "mount", "umount", "mkdir", "cat", "cut", "tr", "awk", "sleep", "echo", "modprobe",

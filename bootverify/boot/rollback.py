@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bootverify.boot.errors import CounterError, RollbackError
-from bootverify.fsutil import atomic_write
+from bootverify.fsutil import atomic_write, read_regular
 
 COUNTER_FILE = "security-version"
 MAX_COUNTER = 2**31 - 1
@@ -54,10 +54,11 @@ def check(image_security_version: int, counter: int) -> None:
 def read_counter(otp_dir: Path) -> int:
     """A missing counter is a factory-fresh device (0)."""
     try:
-        with open(counter_path(otp_dir), "rb") as fh:
-            raw = fh.read(_MAX_FILE + 1)
+        raw = read_regular(counter_path(otp_dir), _MAX_FILE + 1)
     except FileNotFoundError:
         return 0
+    except OSError as exc:  # a symlink, FIFO or device where the counter belongs: tampering
+        raise CounterError(f"anti-rollback counter unreadable ({exc.strerror})") from exc
     if len(raw) > _MAX_FILE:
         raise CounterError("anti-rollback counter unreadable")
     return parse_counter(raw)

@@ -4,6 +4,7 @@ redundant-copy rule, tamper and truncation, the counter's format and monotonicit
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -117,3 +118,15 @@ def test_rollback_counter(tmp_path: Path) -> None:
             rollback.read_counter(otp)
         with pytest.raises(OtaStateError):  # fail closed, never "counter = 0"
             store.read()
+    # Root reads the counter in /data, which the unprivileged agent owns: a symlink (to a file
+    # saying 0, or to a FIFO that would block) or a FIFO in its place is tampering, not "0".
+    counter = otp / "security-version"
+    decoy = tmp_path / "zero"
+    decoy.write_bytes(b"0\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for make in (lambda: counter.symlink_to(decoy), lambda: counter.symlink_to(fifo), lambda: os.mkfifo(counter)):
+        counter.unlink()
+        make()
+        with pytest.raises(CounterError):
+            rollback.read_counter(otp)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from bootverify import cli
 from bootverify.boot import attestation, facts, firewall
-from bootverify.boot.errors import FactsError, FirewallError
+from bootverify.boot.errors import BootStageError, FactsError, FirewallError
 
 ROOT_HASH = "ab" * 32
 IMAGE_ENV = (
@@ -191,3 +193,24 @@ def test_firewall_ruleset_is_valid_nft(tmp_path: Path) -> None:
     path.write_text(text)
     proc = subprocess.run([nft, "-c", "-f", str(path)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_settings_read_by_root_refuse_links_and_fifos(tmp_path: Path) -> None:
+    """Init's firewall re-apply reads the agent's settings.json as root: no symlink is followed
+    (it could point at any root-only file) and a FIFO does not hang the boot stage."""
+    data = tmp_path / "data"
+    data.mkdir()
+    target = data / "settings.json"
+    assert cli._settings(tmp_path) == {}
+    target.write_text('{"network": {"https_port": 8443}}')
+    assert cli._settings(tmp_path) == {"network": {"https_port": 8443}}
+    secret = tmp_path / "root-only.json"
+    secret.write_text("{}")
+    target.unlink()
+    target.symlink_to(secret)
+    with pytest.raises(BootStageError):
+        cli._settings(tmp_path)
+    target.unlink()
+    os.mkfifo(target)
+    with pytest.raises(BootStageError):
+        cli._settings(tmp_path)
