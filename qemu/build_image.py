@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -45,17 +46,27 @@ ROOTFS_PACKAGES = (
     # and aiohttp parses it at import (about a second of the board's boot under TCG).
     "tzdata",
 )
-PIP_REQUIREMENTS = (
-    "aiohttp>=3.12,<3.15",
-    "cryptography>=44,<51",
-    "pyopenssl>=25,<27",
-    "av>=14,<19",
-    "argon2-cffi>=23.1,<26",
-    "segno>=1.6,<2",
-    "pillow>=10,<14",
-    "python-pkcs11>=0.7,<0.11",
-    "psycopg[binary]>=3.1,<4",
-)
+# What the device runs (camera-agent, camera-bootverify) needs only these distributions; their
+# version ranges come from pyproject.toml, so the image and the host venv are tested together.
+# The factory station (provisioning/: psycopg, python-pkcs11, segno, Pillow, pyOpenSSL) and the
+# release signing tools (bootverify/release/) run on hosts, never on a camera: left out of the
+# rootfs, they are neither attack surface nor ~60 MB of every OTA bundle.
+DEVICE_DISTRIBUTIONS = ("aiohttp", "cryptography", "av", "argon2-cffi", "asn1crypto")
+DEVICE_PACKAGES = ("agent", "bootverify")
+HOST_ONLY_SUBPACKAGES = (Path("bootverify/release"),)
+
+
+def device_requirements(pyproject: Path = ROOT / "pyproject.toml") -> tuple[str, ...]:
+    """The pinned requirement strings of ``DEVICE_DISTRIBUTIONS``, as pyproject.toml states them."""
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    by_name = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower(): d for d in deps}
+    missing = [n for n in DEVICE_DISTRIBUTIONS if n not in by_name]
+    if missing:
+        raise SystemExit(f"pyproject.toml lacks the device dependencies {missing}")
+    return tuple(by_name[n] for n in DEVICE_DISTRIBUTIONS)
+
+
+PIP_REQUIREMENTS = device_requirements()
 INITRAMFS_MODULES = (
     "virtio_pci",
     "virtio_blk",
@@ -354,7 +365,7 @@ class Builder:
         keyring = self.ota_pki() / "root.pem"
         agent_json = self.agent_config()
         inputs = digest(
-            debs, wheels, ROOT / "agent", ROOT / "bootverify", ROOT / "provisioning",
+            debs, wheels, *(ROOT / pkg for pkg in DEVICE_PACKAGES),
             BOARD / "rootfs", BOARD / "verity.sh", Path(__file__), self.profile, self.version,
             " ".join(ROOTFS_MODULES), kver, self.factory_ca or "no-factory-ca", keyring, agent_json,
             str(self.confirm_deadline_s),
@@ -371,14 +382,15 @@ class Builder:
             for whl in sorted(wheels.glob("*.whl")):
                 with zipfile.ZipFile(whl) as zf:
                     zf.extractall(site)
-            for pkg in ("agent", "bootverify", "provisioning"):
+            for pkg in DEVICE_PACKAGES:
                 shutil.copytree(ROOT / pkg, site / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+            for sub in HOST_ONLY_SUBPACKAGES:
+                shutil.rmtree(site / sub)
             (tree / "usr/bin/python3").unlink(missing_ok=True)
             os.symlink("python3.11", tree / "usr/bin/python3")
             for script, mod in (
                 ("camera-agent", "agent.cli"),
                 ("camera-bootverify", "bootverify.cli"),
-                ("camera-provision", "provisioning.cli"),
             ):
                 p = tree / "usr/bin" / script
                 p.write_text(f"#!/usr/bin/python3 -I\nimport sys\nfrom {mod} import main\nsys.exit(main())\n")

@@ -19,4 +19,12 @@ define CAMERA_SERVICES_INSTALL_BOARD_FILES
 endef
 CAMERA_SERVICES_POST_INSTALL_TARGET_HOOKS += CAMERA_SERVICES_INSTALL_BOARD_FILES
 
+# The station and the release signing tools are host tools (as in qemu/build_image.py).
+define CAMERA_SERVICES_REMOVE_HOST_TOOLS
+	rm -rf $(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/provisioning \
+		$(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/bootverify/release
+	rm -f $(TARGET_DIR)/usr/bin/camera-provision $(TARGET_DIR)/usr/bin/camera-ota
+endef
+CAMERA_SERVICES_POST_INSTALL_TARGET_HOOKS += CAMERA_SERVICES_REMOVE_HOST_TOOLS
+
 $(eval $(python-package))
