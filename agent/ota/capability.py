@@ -105,7 +105,8 @@ class OtaCapability:
 
     async def start(self) -> None:
         await asyncio.to_thread(_import_chain)
-        # Built here, as the constructor did before the listener: a bad ota config stops the agent.
+        # Built here (the constructor did it before the listener): a bad ota config still stops
+        # the agent, now right after the listener came up instead of before it.
         self.puller  # noqa: B018 - builds the installer too
         if self._section.get("auto_mark_good", True):
             self._tasks.append(asyncio.create_task(self._auto_confirm()))
