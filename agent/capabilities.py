@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 
 # Started once HTTPS answers, in this order (media before RTSP, its consumer). Readiness is the
 # management API; the media encoders are CPU-bound and would otherwise hold up the listener and
-# its first TLS handshakes, which on the board's emulated CPU costs seconds.
-AFTER_LISTENING = ("media", "rtsp")
+# its first TLS handshakes, which on the board's emulated CPU costs seconds. Each of these loads
+# its internals in start() (in a worker thread), not at import: media its hubs and pipelines,
+# RTSP its server, OTA its installer chain; on the board every module imported before the
+# listener is on the boot's critical path (docs/benchmarks-boot.md).
+AFTER_LISTENING = ("media", "rtsp", "ota")
 
 
 def preload() -> None:

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.audit.errors import AuditError, AuditTampered, ForwardError
-from agent.audit.forward import AuditForwarder, SyslogTarget
 from agent.audit.limits import AuditLimits
-from agent.audit.rfc5424 import render
+from agent.audit.target import SyslogTarget
 from agent.audit.verify import ChainVerifier, VerifyReport, quarantined, read_bounded
 from agent.capability import Role, Route
 from agent.errors import ValidationError
 from agent.http.util import client_address, current_user
 
 if TYPE_CHECKING:
+    from agent.audit.forward import AuditForwarder
     from agent.audit.log import AuditLog, LogSnapshot
     from agent.services import Services
 
@@ -137,6 +137,10 @@ class AuditCapability:
                 self._forwarder = None
             if target is None:
                 return
+            # The forwarder's module loads only when forwarding is configured (it is off by
+            # default); when it is, this still runs in start(), before the listener, as before.
+            from agent.audit.forward import AuditForwarder
+
             try:
                 fwd = AuditForwarder(
                     self._log,
@@ -214,6 +218,8 @@ class AuditCapability:
     def _render_segment(
         self, verifier: ChainVerifier, sid: int, path: Any, size: int, last: bool, since: int, fmt: str
     ) -> bytes:
+        from agent.audit.rfc5424 import render
+
         data = read_bounded(path, self._log.limits.max_segment_read_bytes, size)
         return b"".join(
             render(r, fmt, self._hostname) for r in verifier.feed(sid, data, last=last) if r.seq >= since

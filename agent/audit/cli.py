@@ -20,7 +20,6 @@ from pathlib import Path
 
 from agent.audit.errors import AuditError, AuditTampered
 from agent.audit.limits import AuditLimits
-from agent.audit.rfc5424 import render
 from agent.audit.verify import iter_directory, quarantined, verify_directory
 from agent.devicesecret import FileDeviceSecret
 from agent.errors import AgentError
@@ -69,6 +68,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from agent.audit.rfc5424 import render  # registering the command (every agent start) needs none of it
+
     state = StateDir(Path(args.state_dir))
     out = sys.stdout.buffer
     hostname = socket.gethostname()

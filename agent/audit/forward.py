@@ -29,13 +29,13 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from agent.audit.errors import AuditError, ForwardError
 from agent.audit.log import AuditLog
 from agent.audit.record import AuditRecord, LineError, open_line, seal_line
 from agent.audit.rfc5424 import format_message, frame
+from agent.audit.target import SyslogTarget as SyslogTarget  # its home before the split
 from agent.audit.verify import ChainVerifier, read_bounded
 from agent.state import atomic_write
 from agent.tlsconfig import client_context, load_chain_from_memory
@@ -47,37 +47,6 @@ _MAX_BATCH = 256
 CURSOR_FILE = "forward-cursor.json"
 CURSOR_DOMAIN = b"camera-audit-forward-cursor-v1\x00"
 _CURSOR_SAVE_INTERVAL_S = 5.0
-
-
-@dataclass(frozen=True)
-class SyslogTarget:
-    host: str
-    port: int
-    ca_pem: str
-    server_name: str | None = None
-
-    @property
-    def tls_name(self) -> str:
-        return self.server_name or self.host
-
-    @classmethod
-    def from_settings(cls, syslog: Any) -> SyslogTarget | None:
-        """``settings.syslog`` -> target, or None when forwarding is off (no host)."""
-        host = getattr(syslog, "host", None)
-        if not host:
-            return None
-        ca_pem = getattr(syslog, "ca_pem", None)
-        if not ca_pem:
-            # No anchor means no way to validate the server: refuse instead of trusting anything.
-            raise ForwardError(
-                "syslog.ca_pem is required to forward over TLS",
-                code="audit.forward_no_ca",
-                field="syslog.ca_pem",
-            )
-        port = int(getattr(syslog, "port", 6514))
-        if not 1 <= port <= 65535:
-            raise ForwardError("syslog.port out of range", code="audit.forward_invalid", field="syslog.port")
-        return cls(str(host), port, str(ca_pem), getattr(syslog, "server_name", None) or None)
 
 
 def build_context(target: SyslogTarget, client_identity: ClientIdentity | None = None) -> ssl.SSLContext:

@@ -21,12 +21,11 @@ from agent.capability import Route
 from agent.config import DeviceFacts
 from agent.devicesecret import host_serial
 from agent.factory import session as sess
-from agent.factory.device import FactoryDevice
-from agent.factory.firmware import firmware_sha256
-from agent.factory.server import FactoryServer, factory_ssl_context
 from agent.identity import provisioned
 
 if TYPE_CHECKING:
+    from agent.factory.device import FactoryDevice
+    from agent.factory.server import FactoryServer
     from agent.services import Services
 
 log = logging.getLogger(__name__)
@@ -69,6 +68,11 @@ class FactoryCapability:
         # Enter factory state here, not in start(): the agent builds every capability before it
         # serves anything, so the HTTPS middleware already sees is_factory_state() on request one.
         if self._should_run():
+            # Only a device in factory state loads the factory protocol, device and server: a
+            # locked device (every boot after provisioning) never opens the port.
+            from agent.factory.device import FactoryDevice
+            from agent.factory.firmware import firmware_sha256
+
             config = services.config
             assert config.factory_ca is not None
             self._anchor = config.factory_ca.read_bytes()
@@ -108,6 +112,8 @@ class FactoryCapability:
         device = self._device
         if device is None or config.factory_port is None:
             return
+        from agent.factory.server import FactoryServer, factory_ssl_context
+
         self._server = FactoryServer(
             device,
             factory_ssl_context(self._anchor, device.serial),

@@ -15,11 +15,14 @@ from pathlib import Path
 from agent.audit.log import AuditLog
 from agent.devicesecret import FileDeviceSecret
 from agent.errors import ValidationError
-from agent.factory.reset import factory_reset
 from agent.state import StateDir
 
 
 def _cmd_reset(args: argparse.Namespace) -> int:
+    # Here, not at the top: registering the command (every agent start) must not load the factory
+    # protocol and device code that the reset module brings.
+    from agent.factory.reset import factory_reset
+
     if not args.yes:
         raise ValidationError(
             "factory reset erases the identity, accounts and settings: add --yes", code="factory.reset_unconfirmed"

@@ -31,10 +31,7 @@ from agent.media.annexb import (
     parse_aac_config,
 )
 from agent.media.errors import BitstreamError, HubClosed
-
-VIDEO_CODECS = ("h264", "h265")
-AUDIO_CODECS = ("pcmu", "pcma", "aac")
-VIDEO_CLOCK_RATE = 90000
+from agent.media.limits import AUDIO_CODECS, VIDEO_CLOCK_RATE, VIDEO_CODECS, HubLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +151,6 @@ class StreamDescription:
         if self.video is None or not self.video.ready:
             return False
         return self.audio is None or self.audio.codec != "aac" or bool(self.audio.config)
-
-
-@dataclass(frozen=True)
-class HubLimits:
-    queue_frames: int = 256  # per subscriber; ~4 s of 30 fps video + 50 fps audio
-    gop_cache_frames: int = 600  # keyframe..now, video+audio; a GOP longer than this is not cached
-    gop_cache_bytes: int = 16 * 1024 * 1024
-    max_subscribers: int = 256
 
 
 class FrameSubscription:
@@ -517,6 +506,7 @@ def aac_description(sample_rate: int, channels: int, config: bytes) -> AudioDesc
 
 __all__ = [
     "AUDIO_CODECS",
+    "VIDEO_CLOCK_RATE",
     "VIDEO_CODECS",
     "AudioDescription",
     "AudioSink",

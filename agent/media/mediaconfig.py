@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.media.errors import MediaError
-from agent.media.frames import AUDIO_CODECS, VIDEO_CODECS, HubLimits
+from agent.media.limits import AUDIO_CODECS, VIDEO_CODECS, HubLimits
 
 SOURCE_KINDS = ("synthetic", "capture", "rtsp", "file")
 AUDIO_INPUTS = ("builtin_mic", "external_mic", "line_in")

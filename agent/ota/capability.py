@@ -9,6 +9,10 @@ status names versions an attacker would like to match exploits against):
     POST /api/v1/firmware/check      pull now from update.server_url (pinned)
 
 Blocking work (verification, the slot write, fsyncs) runs in a worker thread; one install at a time.
+
+The installer and the puller (and the slot, boot-chooser, anti-rollback and pull modules) are built
+in ``start()``, which the agent runs after HTTPS answers (agent.capabilities.AFTER_LISTENING), with
+the imports in a worker thread; a route called before that builds them on first use.
 """
 
 from __future__ import annotations
@@ -28,15 +32,19 @@ from aiohttp import web
 from agent.capability import Role, Route
 from agent.errors import ValidationError
 from agent.http.util import client_address, current_user
-from agent.ota.config import build_installer, pull_config
 from agent.ota.errors import OtaBusy, OtaError
-from agent.ota.installer import Installer
-from agent.ota.pull import Puller, UpToDate
-from agent.ota.schedule import seconds_until_window
 from agent.state import ensure_dir
 
 if TYPE_CHECKING:
+    from agent.ota.installer import Installer
+    from agent.ota.pull import Puller
     from agent.services import Services
+
+
+def _import_chain() -> None:
+    import agent.ota.config
+    import agent.ota.pull
+    import agent.ota.schedule  # noqa: F401
 
 
 class OtaCapability:
@@ -47,15 +55,35 @@ class OtaCapability:
         self._section = services.config.section("ota")
         self._actor: str | None = None
         self._source: str | None = None
-        self.installer: Installer = build_installer(services.config, services.state, self._audit)
+        self._installer: Installer | None = None
+        self._puller: Puller | None = None
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future[Any] | None = None  # the installer call running in a thread
         self._tasks: list[asyncio.Task[None]] = []
-        self._max_bytes = self.installer.policy.limits.max_bundle_bytes
-        pc = pull_config(services.config)
-        self.puller = Puller(services.state.ota_dir / "download", self._max_bytes, pc.timeout_s, pc.retries,
-                             pc.backoff_s, pc.max_backoff_s)
         self.last_pull: dict[str, Any] | None = None
+
+    @property
+    def installer(self) -> Installer:
+        if self._installer is None:
+            from agent.ota.config import build_installer
+
+            self._installer = build_installer(self._svc.config, self._svc.state, self._audit)
+        return self._installer
+
+    @property
+    def _max_bytes(self) -> int:
+        return self.installer.policy.limits.max_bundle_bytes
+
+    @property
+    def puller(self) -> Puller:
+        if self._puller is None:
+            from agent.ota.config import pull_config
+            from agent.ota.pull import Puller
+
+            pc = pull_config(self._svc.config)
+            self._puller = Puller(self._svc.state.ota_dir / "download", self._max_bytes, pc.timeout_s, pc.retries,
+                                  pc.backoff_s, pc.max_backoff_s)
+        return self._puller
 
     # -- audit: the installer calls this from its worker thread; AuditLog.append is thread-safe --
 
@@ -76,6 +104,10 @@ class OtaCapability:
         ]
 
     async def start(self) -> None:
+        await asyncio.to_thread(_import_chain)
+        # Built here (the constructor did it before the listener): a bad ota config still stops
+        # the agent, now right after the listener came up instead of before it.
+        self.puller  # noqa: B018 - builds the installer too
         if self._section.get("auto_mark_good", True):
             self._tasks.append(asyncio.create_task(self._auto_confirm()))
         self._tasks.append(asyncio.create_task(self._schedule_loop()))
@@ -224,6 +256,8 @@ class OtaCapability:
         started = dt.datetime.now(dt.UTC).isoformat()
         self._svc.audit.append("firmware.pull", outcome="info", actor=actor, source=source,
                                details={"url": upd.server_url[:200]})
+        from agent.ota.pull import UpToDate
+
         try:
             path = await self.puller.fetch(upd.server_url, upd.pin_sha256)
         except UpToDate:
@@ -245,6 +279,8 @@ class OtaCapability:
                 "reboot_required": True}
 
     async def _schedule_loop(self) -> None:
+        from agent.ota.schedule import seconds_until_window
+
         interval = float(self._section.get("check_interval_s", 3600.0))
         while True:
             upd = self._svc.settings.current().update

@@ -16,20 +16,24 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import build_config, load_config_file
 from agent.errors import AgentError
-from agent.ota.config import build_installer
 from agent.ota.errors import OtaRefused
-from agent.ota.installer import Installer
 from agent.state import StateDir
+
+if TYPE_CHECKING:
+    from agent.ota.installer import Installer
 
 
 @contextmanager
 def _installer(args: argparse.Namespace) -> Iterator[Installer]:
+    # Here, not at the top: registering the commands (every agent start) must not load the
+    # installer chain.
     from agent.audit.log import AuditLog
     from agent.devicesecret import FileDeviceSecret
+    from agent.ota.config import build_installer
 
     state = StateDir.open(Path(args.state_dir))
     values = load_config_file(Path(args.config)) if args.config else {}

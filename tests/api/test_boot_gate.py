@@ -88,6 +88,9 @@ def test_open_gate_agent_starts(gated: GatedAgent) -> None:
     gated.close_writer()
     gated.wait_for("HTTPS listening")
     assert gated.listening() and gated.state_dir.is_dir()
+    # The announcement follows the capabilities started after the listener (media, RTSP, OTA),
+    # which load their deferred modules then.
+    gated.wait_for("camera-agent: serial")
 
 
 def test_wrong_token_or_foreign_gate_stays_closed(tmp_path: Path) -> None:
@@ -119,29 +122,66 @@ def test_wrong_token_or_foreign_gate_stays_closed(tmp_path: Path) -> None:
     bootgate.wait(r)
 
 
-def test_preload_covers_load_and_leaves_pyav_out(tmp_path: Path) -> None:
-    """After preload (what runs during the boot stage) building the capabilities imports nothing
-    of the agent's, and neither PyAV nor the RTSP server is imported before they run."""
-    script = f"""
+# Loaded after HTTPS answers or on first use, never before the listener (each module imported
+# before it is on the board's boot-time critical path: docs/benchmarks-boot.md).
+AFTER_LISTENER = {
+    # PyAV: the media pipelines import it in their own threads.
+    "av",
+    # The RTSP server: RtspCapability.start(), after the listener.
+    "agent.rtsp.handler", "agent.rtsp.server", "agent.rtsp.digest", "agent.rtsp.feeds",
+    # Media internals: MediaCapability.start(), after the listener.
+    "agent.media.frames", "agent.media.annexb", "agent.media.pipeline", "agent.media.talk",
+    # The OTA chain: OtaCapability.start(), after the listener; the bundle chain (CMS, ASN.1,
+    # squashfs, verity) with the first update.
+    "agent.ota.config", "agent.ota.installer", "agent.ota.pull", "agent.ota.slots", "agent.ota.bootchooser",
+    "agent.ota.antirollback", "agent.ota.ubootenv", "agent.ota.schedule", "agent.ota.pipeline",
+    "bootverify.bundle.cms", "bootverify.bundle.bundle", "asn1crypto",
+    # The factory endpoint: only a device in factory state loads it (not an inactive or locked one).
+    "agent.factory.device", "agent.factory.server", "agent.factory.protocol", "agent.factory.reset",
+    # The syslog forwarder: only when forwarding is configured; RFC 5424 rendering with an export.
+    "agent.audit.forward", "agent.audit.rfc5424",
+}
+
+_LOAD_SCRIPT = """
 import sys
 from pathlib import Path
 from agent import capabilities
+from agent.cli import build_parser
 from agent.config import build_config
+from agent.identity import provisioned
 from agent.runtime import build_services
+build_parser()  # what `camera-agent run` does first: registers every command group
 capabilities.preload()
-svc = build_services(build_config(Path({str(tmp_path / "state")!r}), {{"bind": "127.0.0.1"}}))
+svc = build_services(build_config(Path(STATE), {"bind": "127.0.0.1"}, factory_ca=FACTORY_CA, factory_port=PORT))
+if LOCKED:
+    provisioned.record_path(svc.state).parent.mkdir(parents=True, exist_ok=True)
+    provisioned.record_path(svc.state).write_bytes(b"{}")  # only its presence is read here
 before = set(sys.modules)
 caps = capabilities.load(svc)
 late = sorted(m for m in set(sys.modules) - before if m.startswith("agent."))
 assert not late, late
-assert "av" not in sys.modules, "PyAV imported before the media pipelines run"
-# The RTSP server's modules load when RTSP starts, after the HTTPS listener.
-assert "agent.rtsp.handler" not in sys.modules and "agent.rtsp.server" not in sys.modules
-# The OTA bundle chain (CMS, ASN.1, squashfs, verity) loads with the first update.
-late_ota = set(("bootverify.bundle.cms", "bootverify.bundle.bundle", "asn1crypto", "agent.ota.pipeline"))
-assert not late_ota & set(sys.modules), late_ota & set(sys.modules)
-assert [c.name for c in caps][:4] == ["core", "audit", "factory", "media"]
+assert [c.name for c in caps] == ["core", "audit", "factory", "media", "rtsp", "ota"]
+print(" ".join(sorted(sys.modules)))
 svc.audit.close()
 """
+
+
+def _modules_after_load(state: Path, *, factory_ca: Path | None = None, locked: bool = False) -> set[str]:
+    script = (_LOAD_SCRIPT.replace("STATE", repr(str(state))).replace("FACTORY_CA", repr(factory_ca))
+              .replace("PORT", "None" if factory_ca is None else str(free_port())).replace("LOCKED", repr(locked)))
+    script = "from pathlib import PosixPath\n" + script
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(proc.stdout.split())
+
+
+def test_preload_covers_load_and_defers_the_rest(tmp_path: Path) -> None:
+    """After preload (what runs during the boot stage) building the capabilities imports nothing
+    of the agent's, and none of what is needed only after the listener is loaded before it."""
+    inactive = _modules_after_load(tmp_path / "inactive")  # host mode: no factory trust anchor
+    # A locked device (provisioned): the factory port never opens; the anchor is not even read.
+    locked = _modules_after_load(tmp_path / "locked", factory_ca=tmp_path / "unread.pem", locked=True)
+    for name, loaded in (("inactive", inactive), ("locked", locked)):
+        assert {"agent.factory.capability", "agent.media.capability", "agent.ota.capability"} <= loaded
+        early = {m for m in loaded if m in AFTER_LISTENER or m.split(".")[0] in AFTER_LISTENER}
+        assert not early, (name, sorted(early))

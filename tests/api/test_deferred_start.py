@@ -1,4 +1,4 @@
-"""Media and RTSPS start after the HTTPS listener (agent.capabilities.AFTER_LISTENING): the app's
+"""Media, RTSPS and OTA start after the HTTPS listener (agent.capabilities.AFTER_LISTENING): the app's
 lifecycle must not start them, release_held starts them in list order, and stop only stops what
 was started."""
 
@@ -37,15 +37,15 @@ def test_held_capabilities_start_on_release_in_order() -> None:
     caps: list[Capability] = [Recorder(n, calls) for n in ("core", "audit", "media", "rtsp", "ota")]
     held = capabilities.hold_back(caps)
     assert [c.name for c in held] == ["core", "audit", "media", "rtsp", "ota"]
-    assert [type(c) is capabilities.StartLater for c in held] == [False, False, True, True, False]
+    assert [type(c) is capabilities.StartLater for c in held] == [False, False, True, True, True]
     assert held[2].status() == {"name": "media"}
 
     async def scenario() -> None:
         for c in held:  # what create_app's lifecycle does at runner.setup()
             await c.start()
-        assert calls == ["start core", "start audit", "start ota"]
+        assert calls == ["start core", "start audit"]
         await capabilities.release_held(held)
-        assert calls[3:] == ["start media", "start rtsp"]
+        assert calls[2:] == ["start media", "start rtsp", "start ota"]
         await capabilities.release_held(held)  # idempotent
         assert len(calls) == 5
         for c in reversed(held):
