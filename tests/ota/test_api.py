@@ -315,14 +315,17 @@ async def test_auto_mark_good_and_fallback_at_start(tmp_path: Path, pki: Pki, ke
             await asyncio.to_thread(inst.simulate_boot)
         await cap.stop()
         await cap.start()
+        # The installer marks the slot bad, then audits the fallback: wait for both.
+        fallback = False
         for _ in range(400):
             st = await asyncio.to_thread(inst.status)
-            if st["slots"]["A"]["state"] == "bad":
+            fallback = any(r["event"] == "firmware.fallback" for r in audit_records(agent.svc))
+            if st["slots"]["A"]["state"] == "bad" and fallback:
                 break
             await asyncio.sleep(0.05)
         assert st["booted"] == "B" and st["boot_order"] == ["B"] and st["slots"]["A"]["state"] == "bad"
         assert st["rollback_index"] == 3  # the failed update never raised it
-        assert any(r["event"] == "firmware.fallback" for r in audit_records(agent.svc))
+        assert fallback
         # The good slot that took over gets back the attempt U-Boot took for this boot.
         for _ in range(100):
             st = await asyncio.to_thread(inst.status)
