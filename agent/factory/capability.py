@@ -139,19 +139,17 @@ class FactoryCapability:
         board's init (root) through a FIFO, and init re-applies the rules from the boot stage's own
         code without the factory port. The request carries no policy, so all a compromised agent
         can ask for is that same re-apply; init prints the applied policy on the console."""
-        port = self._services.config.factory_port
+        details: dict[str, Any] = {"port": self._services.config.factory_port}
         fifo = self._services.config.section("factory").get("firewall_refresh")
         if not fifo:
-            self._services.audit.append("factory.firewall_close_requested", outcome="failure",
-                                        details={"port": port, "reason": "no firewall refresh channel configured"})
-            return
-        try:
-            request_firewall_refresh(Path(str(fifo)))
-        except OSError as exc:
-            self._services.audit.append("factory.firewall_close_requested", outcome="failure",
-                                        details={"port": port, "reason": f"{type(exc).__name__}: {exc.strerror}"})
-            return
-        self._services.audit.append("factory.firewall_close_requested", outcome="success", details={"port": port})
+            details["reason"] = "no firewall refresh channel configured"
+        else:
+            try:
+                request_firewall_refresh(Path(str(fifo)))
+            except OSError as exc:
+                details["reason"] = f"{type(exc).__name__}: {exc.strerror}"
+        self._services.audit.append("factory.firewall_close_requested",
+                                    outcome="failure" if "reason" in details else "success", details=details)
 
     async def stop(self) -> None:
         if self._server is not None:
