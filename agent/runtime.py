@@ -94,6 +94,12 @@ def _announce(svc: Services, new_code: str | None) -> None:
 
 
 async def serve(config: AgentConfig) -> None:
+    # Handlers first: a SIGTERM that lands while the listener or the media capabilities are
+    # still starting must still end in a graceful stop (agent.stop recorded, exit 0), not -15.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     svc = build_services(config)
     new_code = None
     if config.factory_ca is None and not claim.load(svc.state).claimed:
@@ -111,10 +117,6 @@ async def serve(config: AgentConfig) -> None:
     await capability_list.release_held(caps)
     await svc.audit.record("agent.start", outcome="info", details={"version": svc.config.device.firmware_version})
     _announce(svc, new_code)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

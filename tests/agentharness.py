@@ -173,7 +173,9 @@ def start_agent_process(state_dir: Path, *extra: str, config: dict[str, Any] | N
             raise RuntimeError(f"agent exited: {log.read_text()[-3000:]}")
         try:
             with socket.create_connection(("127.0.0.1", https_port), timeout=1):
-                if (state_dir / "device-ca.pem").exists():
+                # The announcement follows every capability's start; device-ca.pem alone is no
+                # sign of readiness on a restart, where the previous run left it behind.
+                if "  HTTPS API:" in log.read_text(errors="replace"):
                     return AgentProcess(proc, state_dir, https_port, rtsps_port, log)
         except OSError:
             pass

@@ -258,3 +258,37 @@ def test_one_edited_byte_fails_audit_verify(runs: TwoRuns, tmp_path: Path, name:
     assert out.returncode == 1, f"{name}: exit {out.returncode}\n{out.stdout}{out.stderr}"
     # The untouched original still verifies (the failure is the edit, not the copy).
     assert audit_verify(runs.state_dir).returncode == 0
+
+
+def test_sigterm_while_capabilities_start_is_still_graceful(tmp_path: Path) -> None:
+    """SIGTERM as soon as HTTPS listens (media and RTSPS still starting): exit 0, agent.stop logged.
+
+    An init system or an operator may stop the agent at any moment; a stop that lands between
+    the listener and the announcement must not kill the process with the default action.
+    """
+    from tests.agentharness import free_port
+
+    state = tmp_path / "state"
+    state.mkdir()
+    log = tmp_path / "agent.log"
+    cmd = [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(state),
+           "--https-port", str(free_port()), "--rtsps-port", str(free_port()), "--bind", "127.0.0.1"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while "HTTPS listening" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "agent did not listen within 60 s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+    lifecycle = [e["event"] for e in audit_events(state) if e["event"] in ("agent.start", "agent.stop")]
+    assert lifecycle[-1] == "agent.stop", lifecycle
