@@ -28,8 +28,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     file_values = load_config_file(args.config) if args.config else {}
     if args.bind:
         file_values["bind"] = args.bind
-    if args.firewall_refresh:
-        file_values.setdefault("factory", {})["firewall_refresh"] = str(args.firewall_refresh)
+    if args.root_requests:
+        file_values.setdefault("board", {})["root_requests"] = str(args.root_requests)
     config = build_config(
         args.state_dir,
         file_values,
@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--factory-port", type=_port, help="port of the mutual-TLS factory endpoint")
     run.add_argument("--device", action="store_true", help="device mode (no host-mode setup-code file)")
     run.add_argument("--user", help="become this unprivileged user first (the board starts the agent as root)")
-    run.add_argument("--firewall-refresh", type=Path, metavar="FIFO",
-                     help="after the factory lock, ask the board's init (root) through this FIFO to re-apply the "
-                          "firewall without the factory port")
+    run.add_argument("--root-requests", "--firewall-refresh", dest="root_requests", type=Path, metavar="FIFO",
+                     help="the board's init (root) reads requests here: re-apply the firewall without the factory "
+                          "port after the lock, raise the anti-rollback counter after mark-good (agent/rootrequest.py)")
     run.add_argument("--boot-gate-fd", type=int, metavar="FD",
                      help="inherited pipe: load the code, then wait for 'open' on it before touching state or sockets")
     run.set_defaults(func=_cmd_run)

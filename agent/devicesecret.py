@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent.errors import StateError
 from agent.state import atomic_write
+from bootverify.boot import otp
 
-SECRET_LEN = 32
+SECRET_LEN = otp.SECRET_LEN
 
 
 class DeviceSecretProvider(Protocol):
@@ -42,11 +43,18 @@ class FileDeviceSecret:
             raw = secrets.token_bytes(SECRET_LEN)
             # O_EXCL semantics via atomic rename would race with a second process; the agent is
             # the only writer and runs once per state dir, so create-then-check is enough.
-            atomic_write(self._path, raw, 0o600)
+            try:
+                atomic_write(self._path, raw, 0o600)
+            except PermissionError as exc:  # the board's sealed OTP: the boot stage creates it
+                raise StateError("no device secret, and the OTP directory is not the agent's to write",
+                                 code="state.device_secret") from exc
             return raw
         if len(raw) != SECRET_LEN:
             raise StateError("device secret has the wrong length", code="state.device_secret")
-        if os.stat(self._path).st_mode & 0o077:
+        st = os.stat(self._path)
+        # Host mode: the agent's own file, tightened to 0600. On the board it is root's, 0640 to
+        # the agent's group (bootverify.boot.otp), and not the agent's to change.
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
             os.chmod(self._path, 0o600)
         return raw
 

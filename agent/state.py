@@ -3,7 +3,9 @@
 The layout is the same in host mode and on the device (see docs/state-layout.md):
 
     ROOT/                  0700  --state-dir in host mode; /data on the device
-      otp/device-secret    0600  simulated OTP/eFuse secret (outside the rootfs on the device)
+      otp/                 0700  simulated OTP (on the board root's, 0750, readable by the agent)
+        device-secret      0600  device-unique secret (board: created by the boot stage, 0640)
+        security-version   0600  anti-rollback counter (board: raised by root only, 0640)
       setup-code           0600  host mode only, while unclaimed
       data/                0700  persistent data partition
         identity/          0700  device keys (encrypted) and certificates
@@ -24,6 +26,7 @@ from typing import Any
 
 from agent.errors import StateError
 from bootverify import fsutil as _fsutil
+from bootverify.boot import otp as _otp
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -75,7 +78,7 @@ class StateDir:
 
     @property
     def device_secret_file(self) -> Path:
-        return self.otp_dir / "device-secret"
+        return self.otp_dir / _otp.SECRET_FILE
 
     @property
     def setup_code_file(self) -> Path:
@@ -118,6 +121,14 @@ class StateDir:
     def open(cls, root: Path) -> StateDir:
         state = cls(root.resolve())
         ensure_dir(state.root)
-        for d in (state.otp_dir, state.data, state.identity_dir, state.audit_dir, state.ota_dir):
+        for d in (state.data, state.identity_dir, state.audit_dir, state.ota_dir):
             ensure_dir(d)
+        try:
+            otp_owner = os.lstat(state.otp_dir).st_uid
+        except FileNotFoundError:
+            otp_owner = os.geteuid()
+        # On the board root sealed the OTP directory (bootverify.boot.otp: root's, 0750, readable
+        # by the agent's group) and the agent leaves it so; in host mode it is the agent's own.
+        if otp_owner == os.geteuid():
+            ensure_dir(state.otp_dir)
         return state

@@ -2,8 +2,10 @@
 
     camera-bootverify attest   --state-dir /data      write the boot attestation record
     camera-bootverify firewall --state-dir /data [--apply]   print / apply the nftables policy
-    camera-bootverify boot     --state-dir /data [--factory-port N]   attest + firewall --apply
-    camera-bootverify rollback --state-dir /data [--raise-to N]   show / raise the counter
+    camera-bootverify boot     --state-dir /data [--factory-port N] [--agent-user U]
+                               seal the OTP, attest, firewall --apply, hand /data to U
+    camera-bootverify rollback --state-dir /data [--raise-to N | --raise-to-image ENV [--group G]]
+                               show / raise the counter
 
 The pure logic lives in bootverify.boot; this module only gathers files and runs nft.
 """
@@ -11,9 +13,11 @@ The pure logic lives in bootverify.boot; this module only gathers files and runs
 from __future__ import annotations
 
 import argparse
+import grp
 import hashlib
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -22,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bootverify.boot import attestation, facts, firewall, rollback, ubootenv
+from bootverify.boot import attestation, facts, firewall, handover, otp, rollback, ubootenv
 from bootverify.boot.errors import BootStageError
 from bootverify.errors import BootVerifyError
 from bootverify.fsutil import read_regular
@@ -178,24 +182,61 @@ def cmd_firewall(args: argparse.Namespace) -> int:
     return 0
 
 
+def _account(user: str) -> tuple[int, int]:
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise BootStageError(f"no such user: {user}") from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def _group(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise BootStageError(f"no such group: {name}") from None
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
-    """attest, then firewall --apply, in one interpreter: each Python start costs seconds under
-    emulation. The attestation's verdict (also RED) is in its record and console line and never
-    stops the firewall; rc is 0 only when the firewall was applied, so the caller halts otherwise."""
+    """seal the OTP, attest, firewall --apply, hand /data over, in one interpreter: each Python
+    start costs seconds under emulation. The attestation's verdict (also RED) is in its record
+    and console line and never stops the firewall; rc is 0 only when the OTP is sealed, the
+    firewall applied and /data handed over, so the caller halts otherwise."""
+    owner = _account(args.agent_user) if args.agent_user else None
+    if owner is not None:
+        removed = otp.seal(args.state_dir / "otp", owner[1])
+        if removed:
+            print(f"camera-bootverify: removed from the OTP directory: {', '.join(removed)}")
     try:
         cmd_attest(args)
     except Exception as exc:  # whatever broke the record, the firewall still goes up
         print(f"camera-bootverify: attestation failed: {exc}", file=sys.stderr)
     args.apply = True
-    return cmd_firewall(args)
+    rc = cmd_firewall(args)
+    if owner is not None:
+        handover.hand_over(args.state_dir, *owner)
+    return rc
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    otp = args.state_dir / "otp"
-    if args.raise_to is not None:
-        print(rollback.raise_to(otp, args.raise_to))
+    otp_dir = args.state_dir / "otp"
+    group = _group(args.group) if args.group else None
+    if args.raise_to_image is not None:
+        # Root's answer to the agent's request after mark-good: the value comes from the running
+        # image's signed facts (the initramfs's image.env, copied by init before /data was handed
+        # over), never from the agent.
+        try:
+            raw = read_regular(args.raise_to_image, facts.MAX_FACTS_BYTES + 1)
+        except OSError as exc:
+            raise BootStageError(f"{args.raise_to_image} unreadable ({exc.strerror})") from exc
+        target = facts.image_facts(raw).security_version
+        before = rollback.read_counter(otp_dir)
+        after = rollback.raise_to(otp_dir, target, group=group)
+        print(f"camera-bootverify: anti-rollback counter {before} -> {after}")
+    elif args.raise_to is not None:
+        print(rollback.raise_to(otp_dir, args.raise_to, group=group))
     else:
-        print(rollback.read_counter(otp))
+        print(rollback.read_counter(otp_dir))
     return 0
 
 
@@ -213,10 +254,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = sub.add_parser("boot", help="attest, then apply the firewall (one process for the boot path)")
     b.add_argument("--state-dir", type=Path, required=True)
     b.add_argument("--factory-port", type=int)
+    b.add_argument("--agent-user", metavar="USER",
+                   help="seal state-dir/otp as root's (readable by USER's group), then hand the rest to USER")
     b.set_defaults(func=cmd_boot)
     r = sub.add_parser("rollback", help="show or raise the anti-rollback counter")
     r.add_argument("--state-dir", type=Path, required=True)
-    r.add_argument("--raise-to", type=int)
+    how = r.add_mutually_exclusive_group()
+    how.add_argument("--raise-to", type=int)
+    how.add_argument("--raise-to-image", type=Path, metavar="IMAGE_ENV",
+                     help="raise to the security version in this signed image.env (the running image's)")
+    r.add_argument("--group", help="write the counter readable (0640) by this group")
     r.set_defaults(func=cmd_rollback)
     args = ap.parse_args(argv)
     try:

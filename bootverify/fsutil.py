@@ -27,10 +27,12 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_replace(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+def atomic_replace(path: Path, mode: int = 0o600, *, group: int | None = None) -> Iterator[BinaryIO]:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
+        if group is not None:  # before the rename: the file never appears with another group
+            os.fchown(fd, -1, group)
         os.fchmod(fd, mode)  # the umask must not change what the caller asked for
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -43,8 +45,8 @@ def atomic_replace(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
     fsync_dir(path.parent)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    with atomic_replace(path, mode) as fh:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, group: int | None = None) -> None:
+    with atomic_replace(path, mode, group=group) as fh:
         fh.write(data)
 
 

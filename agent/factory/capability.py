@@ -8,14 +8,12 @@ claimed in host mode does not fall back into factory state; only a factory reset
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
-import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent import rootrequest
 from agent.auth import claim
 from agent.capability import Route
 from agent.config import DeviceFacts
@@ -40,21 +38,6 @@ def _fused_facts(services: Services) -> DeviceFacts:
     if services.config.host_mode and facts.serial == placeholder:
         return dataclasses.replace(facts, serial="")
     return facts
-
-
-REFRESH_REQUEST = b"refresh\n"
-
-
-def request_firewall_refresh(fifo: Path) -> None:
-    """One request line into ``fifo``, without blocking: raises ``OSError`` (ENXIO) when nobody
-    reads it, i.e. when init is not waiting for requests."""
-    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a FIFO", str(fifo))
-        os.write(fd, REFRESH_REQUEST)  # shorter than PIPE_BUF: all or nothing
-    finally:
-        os.close(fd)
 
 
 class FactoryCapability:
@@ -140,12 +123,12 @@ class FactoryCapability:
         code without the factory port. The request carries no policy, so all a compromised agent
         can ask for is that same re-apply; init prints the applied policy on the console."""
         details: dict[str, Any] = {"port": self._services.config.factory_port}
-        fifo = self._services.config.section("factory").get("firewall_refresh")
+        fifo = self._services.config.section("board").get("root_requests")
         if not fifo:
-            details["reason"] = "no firewall refresh channel configured"
+            details["reason"] = "no channel to the board's init configured"
         else:
             try:
-                request_firewall_refresh(Path(str(fifo)))
+                rootrequest.send(Path(str(fifo)), rootrequest.FIREWALL_REFRESH)
             except OSError as exc:
                 details["reason"] = f"{type(exc).__name__}: {exc.strerror}"
         self._services.audit.append("factory.firewall_close_requested",

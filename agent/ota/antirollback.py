@@ -9,9 +9,12 @@ A corrupt store fails closed (StateError, installs refused), never "counter = 0"
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from agent import rootrequest
 from agent.ota.errors import OtaStateError
 from bootverify.boot import rollback
 from bootverify.boot.errors import CounterError, RollbackError
@@ -55,3 +58,42 @@ class FileRollbackIndex:
             return rollback.raise_to(self._dir, value)
         except CounterError as exc:
             raise OtaStateError(f"rollback index: {exc.message}", code="ota.rollback_store") from exc
+
+
+class RootRaisedRollbackIndex:
+    """The board's counter: root's file in the sealed OTP directory (bootverify.boot.otp), which
+    the agent reads but cannot write. ``advance`` asks init to raise it (agent/rootrequest.py)
+    and waits until the file shows at least ``value``; init raises it to the running image's
+    signed security version, so a request can never lower it or set a number of the agent's."""
+
+    def __init__(self, otp_dir: Path, fifo: Path, *, timeout_s: float = 120.0, poll_s: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._file = FileRollbackIndex(otp_dir)
+        self._fifo = fifo
+        self._timeout_s = timeout_s
+        self._poll_s = poll_s
+        self._clock = clock
+        self._sleep = sleep
+
+    def read(self) -> int:
+        return self._file.read()
+
+    def advance(self, value: int) -> int:
+        current = self.read()
+        if value <= current:
+            return current
+        try:
+            rootrequest.send(self._fifo, rootrequest.RAISE_COUNTER)
+        except OSError as exc:
+            raise OtaStateError(f"rollback index: the board's init took no request ({exc.strerror})",
+                                code="ota.rollback_store") from exc
+        deadline = self._clock() + self._timeout_s
+        while True:
+            current = self.read()
+            if current >= value:
+                return current
+            if self._clock() >= deadline:
+                raise OtaStateError(f"rollback index: still {current} after {self._timeout_s:g} s, not raised "
+                                    f"to {value} (the running image's security version differs?)",
+                                    code="ota.rollback_store")
+            self._sleep(self._poll_s)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig
-from agent.ota.antirollback import FileRollbackIndex
+from agent.ota.antirollback import FileRollbackIndex, RollbackIndexStore, RootRaisedRollbackIndex
 from agent.ota.bootchooser import UBootEnvChooser
 from agent.ota.errors import OtaError
 from agent.ota.installer import AuditFn, Installer, InstallPolicy
@@ -69,6 +69,16 @@ def load_keyring(path: Path) -> Keyring:
         return Keyring.from_pem(raw)
     except BootVerifyError as exc:
         raise OtaError(exc.message, code="ota.keyring_invalid") from exc
+
+
+def _rollback_index(config: AgentConfig, state: StateDir, section: Mapping[str, Any]) -> RollbackIndexStore:
+    """Host mode: the agent's own counter file. The board (``--root-requests``): root's file,
+    raised by init on request (bootverify.boot.otp)."""
+    fifo = config.section("board").get("root_requests")
+    if not fifo:
+        return FileRollbackIndex(state.otp_dir)
+    return RootRaisedRollbackIndex(state.otp_dir, Path(str(fifo)),
+                                   timeout_s=_int(section, "counter_raise_timeout_s", 120, 1, 3600))
 
 
 def pull_config(config: AgentConfig) -> PullConfig:
@@ -145,7 +155,7 @@ def build_installer(
     )
     return Installer(
         ota_dir=ota_dir, keyring=keyring, slots=slots, chooser=UBootEnvChooser(env), booted=booted,
-        rollback=FileRollbackIndex(state.otp_dir), policy=policy,
+        rollback=_rollback_index(config, state, section), policy=policy,
         factory_version=config.device.firmware_version, audit=audit,
         now=now or (lambda: dt.datetime.now(dt.UTC)),
     )

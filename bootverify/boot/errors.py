@@ -49,3 +49,9 @@ class FirewallError(BootStageError):
     """The outbound allow-list cannot be turned into rules (bad host, resolution failure)."""
 
     code = "boot.firewall_invalid"
+
+
+class OtpError(BootStageError):
+    """The simulated OTP directory or one of its files is not what root left there (tampering)."""
+
+    code = "boot.otp_invalid"

@@ -64,12 +64,15 @@ def read_counter(otp_dir: Path) -> int:
     return parse_counter(raw)
 
 
-def raise_to(otp_dir: Path, value: int) -> int:
-    """Raise the counter to ``value`` (never lowers it). Returns the counter afterwards."""
+def raise_to(otp_dir: Path, value: int, *, group: int | None = None) -> int:
+    """Raise the counter to ``value`` (never lowers it). Returns the counter afterwards.
+
+    ``group``: the board's root writes the counter readable (0640), not writable, by the agent's
+    group (bootverify.boot.otp); without it the file is private to its writer (host mode)."""
     new = render_counter(value)
     current = read_counter(otp_dir)
     if value <= current:
         return current
     otp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    atomic_write(counter_path(otp_dir), new)
+    atomic_write(counter_path(otp_dir), new, 0o600 if group is None else 0o640, group=group)
     return value

@@ -1,5 +1,5 @@
 """The agent gives up root for good (agent/privileges.py), and asks init for the firewall re-apply
-through a FIFO instead of changing the firewall itself (agent/factory/capability.py)."""
+and the counter raise through a FIFO instead of doing them itself (agent/rootrequest.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.factory.capability import REFRESH_REQUEST, request_firewall_refresh
 from agent.privileges import PrivilegeError, drop_to
+from agent.rootrequest import FIREWALL_REFRESH, send
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,8 +74,8 @@ def test_refresh_request_reaches_the_reader(tmp_path: Path) -> None:
     # A reader that holds the FIFO open (init's `read < fifo` blocks in open and counts as one).
     fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     try:
-        request_firewall_refresh(fifo)
-        assert os.read(fd, 64) == REFRESH_REQUEST
+        send(fifo, FIREWALL_REFRESH)
+        assert os.read(fd, 64) == FIREWALL_REFRESH
     finally:
         os.close(fd)
 
@@ -84,7 +84,7 @@ def test_refresh_request_without_reader_fails_at_once(tmp_path: Path) -> None:
     fifo = tmp_path / "firewall-refresh"
     os.mkfifo(fifo, 0o600)
     with pytest.raises(OSError) as info:
-        request_firewall_refresh(fifo)
+        send(fifo, FIREWALL_REFRESH)
     assert info.value.errno == errno.ENXIO
 
 
@@ -92,6 +92,6 @@ def test_refresh_request_into_a_regular_file_is_refused(tmp_path: Path) -> None:
     plain = tmp_path / "not-a-fifo"
     plain.write_bytes(b"")
     with pytest.raises(OSError) as info:
-        request_firewall_refresh(plain)
+        send(plain, FIREWALL_REFRESH)
     assert info.value.errno == errno.EINVAL
     assert plain.read_bytes() == b""

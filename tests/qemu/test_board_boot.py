@@ -172,20 +172,25 @@ def test_flipped_rootfs_block_falls_back(release_image: dict[str, object], board
     assert g.output.count("camera: slot A attempt") == 3
 
 
-def _put_data_file(board_disk: Path, tmp_path: Path, directory: str, name: str, content: bytes) -> None:
-    """Write one file into the board's (ext4) data partition before it boots."""
+def _edit_data_partition(board_disk: Path, tmp_path: Path, *debugfs_cmds: str) -> None:
+    """Run debugfs write commands on the board's (ext4) data partition before it boots."""
     off, size = disk.partitions(board_disk)["data"]
     part = tmp_path / "data.img"
     mib = 1024 * 1024  # partitions are MiB-aligned; dd keeps the 512 MiB partition out of memory
     subprocess.run(["dd", f"if={board_disk}", f"of={part}", "bs=1M", f"skip={off // mib}", f"count={size // mib}",
                     "conv=sparse", "status=none"], check=True)
-    src = tmp_path / name
-    src.write_bytes(content)
-    for cmd in (f"mkdir {directory}", f"write {src} {directory}/{name}"):
+    for cmd in debugfs_cmds:
         subprocess.run(["debugfs", "-w", "-R", cmd, str(part)], check=True, capture_output=True)
     subprocess.run(["dd", f"if={part}", f"of={board_disk}", "bs=1M", f"seek={off // mib}", "conv=notrunc,sparse",
                     "status=none"], check=True)
     part.unlink()
+
+
+def _put_data_file(board_disk: Path, tmp_path: Path, directory: str, name: str, content: bytes) -> None:
+    """Write one file into the board's data partition before it boots."""
+    src = tmp_path / name
+    src.write_bytes(content)
+    _edit_data_partition(board_disk, tmp_path, f"mkdir {directory}", f"write {src} {directory}/{name}")
 
 
 def test_failed_boot_stage_halts_and_the_agent_never_listens(board_disk: Path, boot: BootFn,
@@ -196,7 +201,7 @@ def test_failed_boot_stage_halts_and_the_agent_never_listens(board_disk: Path, b
     g = boot(board_disk, deadline_s=240)
     g.wait_for(r"camera-init: agent started", 120)
     g.wait_for(r"settings.json is not an object", 120)
-    g.wait_for(r"camera-init: firewall failed, halting", 30)
+    g.wait_for(r"camera-init: boot stage failed, halting", 30)
     g.wait_exit(60)
     assert "HTTPS listening" not in g.output and "boot stage done" not in g.output
 
@@ -209,6 +214,19 @@ def test_rollback_refused(release_image: dict[str, object], board_disk: Path, bo
                   ubootenv.build_env({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "1", "BOOT_B_LEFT": "1"}, flags=1))
     g = boot(board_disk, deadline_s=150)
     g.wait_for(r"rollback: image security version 1 < counter 5", 90)
+    g.wait_for(r"camera: no bootable slot", 90)
+    g.wait_exit(30)
+    assert "handing off" not in g.output
+
+
+def test_swapped_anti_rollback_store_refused(board_disk: Path, boot: BootFn, tmp_path: Path) -> None:
+    # /data/otp replaced by a symlink to a directory holding a lower counter (what an agent that
+    # owns /data could try, were otp/ not a root-owned mount point): tampering, never counter 0.
+    _edit_data_partition(board_disk, tmp_path, "mkdir data", "symlink otp data")
+    disk.put_file(board_disk, "uboot.env",
+                  ubootenv.build_env({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "1", "BOOT_B_LEFT": "1"}, flags=1))
+    g = boot(board_disk, deadline_s=150)
+    g.wait_for(r"anti-rollback store is not a directory", 90)
     g.wait_for(r"camera: no bootable slot", 90)
     g.wait_exit(30)
     assert "handing off" not in g.output

@@ -126,6 +126,31 @@ def test_dev_console_policy_and_outbound_block(dev_guest: Guest, dev_image: dict
     # The environment partition (U-Boot's stored copies in it) is the OTA boot-chooser's to write.
     env_files = [k for k in found if k.startswith("/boot-env/uboot.env")]
     assert env_files and all(found[k][0] == "camera" for k in [*env_files, "/boot-env", "/data"]), owners
+    # The simulated OTP stays root's (bootverify/boot/otp.py): readable by the agent's group, a
+    # mount point so the agent, owner of /data, can neither rename nor replace it; the agent's
+    # user can read the counter and the secret the boot stage created, and change neither.
+    otp = sh(g, "stat -c '%n %U %G %a %s' /data/otp /data/otp/*; grep -c ' /data/otp ' /proc/mounts", "OTP")
+    rows = {r.split()[0]: r.split()[1:] for r in otp.splitlines() if r.startswith("/data/otp")}
+    assert rows["/data/otp"][:3] == ["root", "camera", "750"], otp
+    assert rows["/data/otp/device-secret"] == ["root", "camera", "640", "32"], otp
+    assert otp.splitlines()[-1].strip() != "0", f"/data/otp is not a mount point: {otp}"
+    probe = "\n".join([
+        "import errno, os",
+        "os.setgroups([]); os.setgid(1000); os.setuid(1000)",
+        "def t(f):",
+        "    try:",
+        "        f()",
+        "        return 'allowed'",
+        "    except OSError as e:",
+        "        return errno.errorcode[e.errno]",
+        "print('AS-CAMERA', len(open('/data/otp/device-secret', 'rb').read()),",
+        "      t(lambda: os.rename('/data/otp', '/data/otp.old')),",
+        "      t(lambda: open('/data/otp/security-version', 'wb')),",
+        "      t(lambda: os.rmdir('/data/otp')))",
+    ]).replace("'", '"')
+    # One console line: the program travels as a JSON (= Python) string literal inside sh quotes.
+    out = sh(g, f"python3 -c 'exec({json.dumps(probe)})'", "CAM")
+    assert "AS-CAMERA 32 EBUSY EACCES EBUSY" in out, out
     # Outbound default deny: the host is not on the allow-list.
     lst = Listener()
     try:
