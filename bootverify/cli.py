@@ -204,7 +204,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
     firewall applied and /data handed over, so the caller halts otherwise."""
     owner = _account(args.agent_user) if args.agent_user else None
     if owner is not None:
-        removed = otp.seal(args.state_dir / "otp", owner[1])
+        try:
+            removed = otp.seal(args.state_dir / "otp", owner[1])
+        except OSError as exc:
+            raise BootStageError(f"simulated OTP not sealed: {exc}") from exc
         if removed:
             print(f"camera-bootverify: removed from the OTP directory: {', '.join(removed)}")
     try:
@@ -214,7 +217,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
     args.apply = True
     rc = cmd_firewall(args)
     if owner is not None:
-        handover.hand_over(args.state_dir, *owner)
+        try:
+            handover.hand_over(args.state_dir, *owner)
+        except OSError as exc:
+            raise BootStageError(f"{args.state_dir} not handed to {args.agent_user}: {exc}") from exc
     return rc
 
 
