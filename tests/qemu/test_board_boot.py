@@ -206,27 +206,26 @@ def test_failed_boot_stage_halts_and_the_agent_never_listens(board_disk: Path, b
     assert "HTTPS listening" not in g.output and "boot stage done" not in g.output
 
 
+def _refused_by_the_initramfs(board_disk: Path, boot: BootFn, reason: str) -> None:
+    """Both slots get one attempt; each initramfs must refuse for ``reason`` and never hand off."""
+    disk.put_file(board_disk, "uboot.env",
+                  ubootenv.build_env({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "1", "BOOT_B_LEFT": "1"}, flags=1))
+    g = boot(board_disk, deadline_s=150)
+    g.wait_for(reason, 90)
+    g.wait_for(r"camera: no bootable slot", 90)
+    g.wait_exit(30)
+    assert "handing off" not in g.output
+
+
 def test_rollback_refused(release_image: dict[str, object], board_disk: Path, boot: BootFn,
                           tmp_path: Path) -> None:
     # The device's anti-rollback counter is above this image's security version (1).
     _put_data_file(board_disk, tmp_path, "otp", "security-version", b"5\n")
-    disk.put_file(board_disk, "uboot.env",
-                  ubootenv.build_env({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "1", "BOOT_B_LEFT": "1"}, flags=1))
-    g = boot(board_disk, deadline_s=150)
-    g.wait_for(r"rollback: image security version 1 < counter 5", 90)
-    g.wait_for(r"camera: no bootable slot", 90)
-    g.wait_exit(30)
-    assert "handing off" not in g.output
+    _refused_by_the_initramfs(board_disk, boot, r"rollback: image security version 1 < counter 5")
 
 
 def test_swapped_anti_rollback_store_refused(board_disk: Path, boot: BootFn, tmp_path: Path) -> None:
     # /data/otp replaced by a symlink to a directory holding a lower counter (what an agent that
     # owns /data could try, were otp/ not a root-owned mount point): tampering, never counter 0.
     _edit_data_partition(board_disk, tmp_path, "mkdir data", "symlink otp data")
-    disk.put_file(board_disk, "uboot.env",
-                  ubootenv.build_env({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "1", "BOOT_B_LEFT": "1"}, flags=1))
-    g = boot(board_disk, deadline_s=150)
-    g.wait_for(r"anti-rollback store is not a directory", 90)
-    g.wait_for(r"camera: no bootable slot", 90)
-    g.wait_exit(30)
-    assert "handing off" not in g.output
+    _refused_by_the_initramfs(board_disk, boot, r"anti-rollback store is not a directory")
