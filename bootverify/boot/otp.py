@@ -52,7 +52,8 @@ def seal(otp_dir: Path, gid: int) -> list[str]:
         # Owner first: from here on the agent's user (if it owned the directory) cannot change it.
         os.fchown(dfd, 0, gid)
         os.fchmod(dfd, DIR_MODE)
-        for name in sorted(os.listdir(dfd)):
+        names = sorted(os.listdir(dfd))
+        for name in names:
             st = os.lstat(name, dir_fd=dfd)
             if name in KNOWN_FILES:
                 if not stat.S_ISREG(st.st_mode):
@@ -69,7 +70,7 @@ def seal(otp_dir: Path, gid: int) -> list[str]:
             else:
                 os.unlink(name, dir_fd=dfd)
                 removed.append(name)
-        if SECRET_FILE not in os.listdir(dfd):
+        if SECRET_FILE not in names:  # a present secret was kept (or raised) above
             # getrandom(2): blocks until the kernel's CRNG is seeded (virtio-rng on this board).
             atomic_write(otp_dir / SECRET_FILE, secrets.token_bytes(SECRET_LEN), FILE_MODE, group=gid)
         os.fsync(dfd)
