@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.boot import noverify
 from qemu import build_image, disk
-from qemu.board import BoardRun, Forward
+from qemu.board import CPU, BoardRun, Forward
 from qemu.run import free_port
 from qemu.vm import Guest
 
@@ -100,9 +100,9 @@ def first_handshake(port: int, timeout: float) -> float:
     raise TimeoutError(f"no TLS handshake on port {port} within {timeout} s")
 
 
-def one_boot(bios: Path, disk_path: Path, log: Path, *, stock: bool) -> dict[str, float]:
+def one_boot(bios: Path, disk_path: Path, log: Path, *, stock: bool, cpu: str = CPU) -> dict[str, float]:
     port = free_port()
-    g = Guest(BoardRun(bios=bios, disk=disk_path, forwards=(Forward(port, 443),)), log, deadline_s=900)
+    g = Guest(BoardRun(bios=bios, disk=disk_path, forwards=(Forward(port, 443),), cpu=cpu), log, deadline_s=900)
     out: dict[str, float] = {}
     prompt_s = 0.0
     with g:

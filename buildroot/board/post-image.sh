@@ -27,6 +27,6 @@ cp "$B/image.full.env" "$IR/etc/camera/image.env"
 install -m 0755 "$TOP/board/initramfs/init" "$IR/init"
 ( cd "$IR" && find . | sort | cpio -o -H newc --quiet -R 0:0 ) | lz4 -l -9 -q > "$B/initramfs.cpio.lz4"
 "$TOP/board/sign-fit.sh" "$KEYDIR" "camera-$PROFILE" "$B/Image" "$B/initramfs.cpio.lz4" "$B/slot.itb"
-qemu-system-aarch64 -M virt,acpi=off,dumpdtb="$B/board.dtb" -cpu cortex-a57 -smp 2 -m 1024 -display none -nodefaults
+qemu-system-aarch64 -M virt,acpi=off,dumpdtb="$B/board.dtb" -cpu max,pauth=off,sve=off -smp 2 -m 1024 -display none -nodefaults
 "$TOP/board/embed-key.sh" "$B/u-boot-nodtb.bin" "$B/board.dtb" "$KEYDIR" "camera-$PROFILE" "$B/u-boot.bin" "$B/control.dtb"
 "$TOP/board/layout.sh" "$B/disk.img" "$B/slot.itb" "$B/slot.itb" "$B/rootfs.verity.img" "$B/rootfs.verity.img"

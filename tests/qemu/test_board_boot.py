@@ -15,6 +15,7 @@ import pytest
 
 from bootverify.boot import ubootenv
 from qemu import disk
+from qemu.board import MACHINE, QEMU
 from qemu.vm import Guest
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -152,8 +153,8 @@ def test_no_dtb_or_foreign_dtb_still_enforced(release_image: dict[str, object], 
                                               boot: BootFn, tmp_path: Path) -> None:
     # QEMU's own device tree (no key in it) passed with -dtb must not replace the embedded one.
     plain = tmp_path / "plain.dtb"
-    subprocess.run(["qemu-system-aarch64", "-M", f"virt,acpi=off,dumpdtb={plain}", "-cpu", "cortex-a57", "-m", "1024",
-                    "-smp", "2", "-display", "none", "-nodefaults"], check=True, capture_output=True)
+    subprocess.run([QEMU, "-M", f"{MACHINE[1]},dumpdtb={plain}", *MACHINE[2:], "-display", "none", "-nodefaults"],
+                   check=True, capture_output=True)
     unsigned = _unsigned_fit(release_image, tmp_path / "unsigned.itb")
     disk.write_partition(board_disk, "fit_a", unsigned.read_bytes())
     g = boot(board_disk, extra=("-dtb", str(plain)))

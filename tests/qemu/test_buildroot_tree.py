@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qemu.board import MACHINE
 from qemu.build_image import ACCOUNTS, Builder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,3 +37,13 @@ def test_post_build_matches_the_qemu_image(tmp_path: Path) -> None:
     for rel, text in ACCOUNTS.items():
         assert (target / rel).read_text() == text, rel
     assert (target / "etc/shadow").stat().st_mode & 0o777 == 0o600
+
+
+def test_post_image_dumps_the_control_dtb_of_the_same_machine() -> None:
+    # The kernel gets U-Boot's control DTB; dumped for another machine or CPU it crashes early.
+    line = next(ln for ln in (ROOT / "buildroot/board/post-image.sh").read_text().splitlines()
+                if ln.startswith("qemu-system-aarch64 "))
+    argv = line.split()
+    assert argv[argv.index("-M") + 1] == f'{MACHINE[1]},dumpdtb="$B/board.dtb"'
+    rest = argv[argv.index("-M") + 2 :]
+    assert rest[: len(MACHINE) - 2] == list(MACHINE[2:])
