@@ -15,11 +15,10 @@ QEMU = "qemu-system-aarch64"
 # acpi=off: with firmware loaded QEMU otherwise models the power button as an ACPI GED device,
 # which a device-tree kernel never sees; without ACPI it is a gpio-keys KEY_POWER on the PL061.
 # The CPU: QEMU's ``max`` (ARMv8.x) without pointer authentication and SVE. It has E0PD, so the
-# kernel keeps KASLR without KPTI; on cortex-a57 KASLR forces KPTI, whose TTBR switch on every
-# kernel entry and exit makes TCG flush its TLB (a syscall cost 5x as much) and it adds the
-# Spectre-v2/v3a hardening that CSV2/CSV3 make unnecessary here. PAuth and SVE are off because TCG
-# runs them in helper calls (slower than the cortex-a57 they replace, which has neither).
-# docs/benchmarks-boot.md has the A/B (boot to HTTPS 20.9 s against 25.0 s, 6 of 6 pairs).
+# kernel keeps KASLR without KPTI. On cortex-a57, KASLR forces KPTI, whose TTBR switch on every
+# kernel entry and exit makes TCG flush its TLB (a syscall cost 5x as much); ``max`` also reports
+# CSV2/CSV3, so no Spectre-v2/v3a hardening runs either. PAuth and SVE are off because TCG runs
+# them in helper calls; the cortex-a57 had neither. The A/B is in docs/benchmarks-boot.md.
 CPU = "max,pauth=off,sve=off"
 MACHINE = ("-M", "virt,acpi=off", "-cpu", CPU, "-smp", "2", "-m", "1024")
 
