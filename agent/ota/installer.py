@@ -253,7 +253,7 @@ class Installer:
 
         written = 0
         for entry in entries:
-            written += self._write_image(bundle, entry, target)
+            written += self._write_image(bundle, entry, target, fd)
         self._audit("firmware.write", "success", {"slot": target, "bytes": written,
                                                   "blocks_verified": bundle.reader.blocks_verified})
 
@@ -270,13 +270,13 @@ class Installer:
                                "time": self._now().isoformat()})
         return InstallResult(target, m.version, m.security_version, bundle.signature_sha256, written)
 
-    def _write_image(self, bundle: OpenedBundle, entry: ImageEntry, target: str) -> int:
+    def _write_image(self, bundle: OpenedBundle, entry: ImageEntry, target: str, fd: int) -> int:
         assert entry.size is not None
         from agent.ota.pipeline import write_image
 
         writer = self.slots.open_for_write(target, entry.size, entry.slotclass)
         try:
-            written = write_image(bundle, entry, writer)
+            written = write_image(bundle, entry, writer, bundle_fd=fd)
             writer.finish()
         except BootVerifyError as exc:
             writer.abort()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -161,10 +160,16 @@ class VerifiedReader:
         self._cache_max = max(cache_blocks, len(self._counts) + 1)
         self._last: tuple[int, bytes] | None = None
         self._salted = hashlib.sha256(salt)
-        # The installer verifies spans in a worker thread while the main thread may read squashfs
-        # metadata: the hash-block cache and the counter are shared.
-        self._lock = threading.RLock()
         self.blocks_verified = 0
+
+    @property
+    def salt(self) -> bytes:
+        return self._salt
+
+    @property
+    def data_offset(self) -> int:
+        """Where the protected data starts in the file (for workers that read it themselves)."""
+        return self._data_offset
 
     def _read_exact(self, offset: int, length: int) -> bytes:
         data = self._pread(offset, length)
@@ -173,10 +178,6 @@ class VerifiedReader:
         return data
 
     def _hash_block(self, level: int, index: int) -> bytes:
-        with self._lock:
-            return self._hash_block_locked(level, index)
-
-    def _hash_block_locked(self, level: int, index: int) -> bytes:
         key = (level, index)
         cached = self._cache.get(key)
         if cached is not None:
@@ -186,7 +187,7 @@ class VerifiedReader:
         if level == len(self._counts) - 1:
             expected = self._root
         else:
-            parent = self._hash_block_locked(level + 1, index // HASHES_PER_BLOCK)
+            parent = self._hash_block(level + 1, index // HASHES_PER_BLOCK)
             slot = (index % HASHES_PER_BLOCK) * DIGEST_SIZE
             expected = parent[slot : slot + DIGEST_SIZE]
         if not hmac.compare_digest(_digest(self._salt, raw), expected):
@@ -202,55 +203,47 @@ class VerifiedReader:
         if self._last is not None and self._last[0] == index:
             return self._last[1]
         raw = self._read_exact(self._data_offset + index * BLOCK_SIZE, BLOCK_SIZE)
-        self._check(index, raw)
+        self._verify_blocks(index, memoryview(raw))
         self._last = (index, raw)
         return raw
 
-    def _check(self, index: int, raw: bytes | memoryview) -> None:
-        if not self._counts:
-            expected = self._root
-        else:
-            parent = self._hash_block(0, index // HASHES_PER_BLOCK)
-            slot = (index % HASHES_PER_BLOCK) * DIGEST_SIZE
-            expected = parent[slot : slot + DIGEST_SIZE]
-        h = self._salted.copy()
-        h.update(raw)
-        if not hmac.compare_digest(h.digest(), expected):
-            raise VerityError(f"payload block {index} does not match the signed verity tree")
-        with self._lock:
-            self.blocks_verified += 1
-
     def _verify_blocks(self, first: int, view: memoryview) -> None:
-        """Check whole blocks ``first..`` held in ``view`` against the tree; raise on any mismatch.
-
-        Digests are compared per level-0 hash block (one compare for up to 128 blocks) to keep the
-        per-block Python work small; a mismatch is then located for the error message."""
-        last = first + len(view) // BLOCK_SIZE - 1
-        if not self._counts:
-            for i in range(first, last + 1):
-                off = (i - first) * BLOCK_SIZE
-                self._check(i, view[off : off + BLOCK_SIZE])
-            return
+        """Check whole blocks ``first..`` held in ``view`` against the tree; raise on any mismatch."""
         salted = self._salted
-        i = first
+        digests = []
+        for off in range(0, len(view), BLOCK_SIZE):
+            h = salted.copy()
+            h.update(view[off : off + BLOCK_SIZE])
+            digests.append(h.digest())
+        self.verify_digests(first, b"".join(digests))
+
+    def verify_digests(self, first: int, digests: bytes | memoryview) -> None:
+        """Check the digests ``sha256(salt || block)`` of payload blocks ``first..``, computed by
+        whoever holds the blocks (the installer's hashing workers), against the verified tree;
+        raise ``VerityError`` naming the first block that does not match.
+
+        The digests of consecutive blocks are laid out like a level-0 hash block, so they are
+        compared one level-0 block (up to 128 blocks) at a time."""
+        count, rest = divmod(len(digests), DIGEST_SIZE)
+        if rest or count == 0 or first < 0 or first + count > self._blocks:
+            raise BundleFormatError("read outside the verity-protected payload", code="bundle.out_of_range")
+        i, last = first, first + count - 1
         while i <= last:
-            group = i // HASHES_PER_BLOCK
-            end = min(last, (group + 1) * HASHES_PER_BLOCK - 1)
-            parent = self._hash_block(0, group)
-            digests = []
-            for off in range((i - first) * BLOCK_SIZE, (end - first + 1) * BLOCK_SIZE, BLOCK_SIZE):
-                h = salted.copy()
-                h.update(view[off : off + BLOCK_SIZE])
-                digests.append(h.digest())
-            lo = (i % HASHES_PER_BLOCK) * DIGEST_SIZE
-            hi = (end % HASHES_PER_BLOCK + 1) * DIGEST_SIZE
-            if not hmac.compare_digest(b"".join(digests), parent[lo:hi]):
-                for j in range(i, end + 1):
-                    off = (j - first) * BLOCK_SIZE
-                    self._check(j, view[off : off + BLOCK_SIZE])
-                raise VerityError("payload span does not match the signed verity tree")
-            with self._lock:
-                self.blocks_verified += end - i + 1
+            if self._counts:
+                group = i // HASHES_PER_BLOCK
+                end = min(last, (group + 1) * HASHES_PER_BLOCK - 1)
+                lo = (i % HASHES_PER_BLOCK) * DIGEST_SIZE
+                expected = self._hash_block(0, group)[lo : lo + (end - i + 1) * DIGEST_SIZE]
+            else:
+                end, expected = i, self._root
+            got = digests[(i - first) * DIGEST_SIZE : (end - first + 1) * DIGEST_SIZE]
+            if not hmac.compare_digest(got, expected):
+                bad = next(j for j in range(end - i + 1)
+                           if not hmac.compare_digest(got[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE],
+                                                      expected[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]))
+                self.blocks_verified += bad
+                raise VerityError(f"payload block {i + bad} does not match the signed verity tree")
+            self.blocks_verified += end - i + 1
             i = end + 1
 
     def _read_span(self, first: int, last: int) -> bytes:

@@ -46,6 +46,33 @@ def _install_child(state: Path, keyring: Path, bundle: Path) -> int:
     return pid
 
 
+def _children(pid: int) -> list[int]:
+    """The install's hashing workers (the only processes it starts)."""
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            kids += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    except FileNotFoundError:
+        pass
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _outliving(pids: list[int], timeout: float = 5.0) -> list[int]:
+    """Workers still running ``timeout`` seconds after the installer was killed (want none: each
+    exits when its request pipe closes)."""
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return left
+
+
 def observe(state: Path) -> dict[str, Any]:
     ota = state / "data" / "ota"
     obs: dict[str, Any] = {"a_sha": _sha(ota / "slots" / "A.img"), "b_sha": _sha(ota / "slots" / "B.img")}
@@ -82,10 +109,12 @@ def main() -> int:
         delay = rng.uniform(0, duration)
         pid = _install_child(state, keyring, bundle)
         time.sleep(delay)
+        workers = _children(pid)
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        out["trials"].append({"delay": delay, "killed": code == -signal.SIGKILL, "rc": code, **observe(state)})
+        out["trials"].append({"delay": delay, "killed": code == -signal.SIGKILL, "rc": code,
+                              "workers": len(workers), "workers_left": _outliving(workers), **observe(state)})
     pid = _install_child(state, keyring, bundle)
     _, status = os.waitpid(pid, 0)
     out["final_rc"] = os.waitstatus_to_exitcode(status)

@@ -305,6 +305,9 @@ async def test_auto_mark_good_and_fallback_at_start(tmp_path: Path, pki: Pki, ke
                 break
             await asyncio.sleep(0.05)
         assert st["slots"]["B"]["state"] == "good" and st["rollback_index"] == 3
+        # The status is read without the install lock: the state shows "good" while confirm()
+        # still holds the lock, and an install started then is refused as busy (seen once).
+        await asyncio.wait_for(cap._tasks[0], 20)
         recs = [r for r in audit_records(agent.svc) if r["event"] == "firmware.mark_good"]
         assert recs[-1]["outcome"] == "success" and recs[-1]["actor"] == "system"
         # Next update never confirms: three tries on A, then the bootloader falls back to B.

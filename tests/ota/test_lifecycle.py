@@ -141,8 +141,7 @@ def swap_case(tmp_path_factory: pytest.TempPathFactory, pki: Pki, keyring: Path)
     tmp = tmp_path_factory.mktemp("swap")
     # The installer verifies at most as many spans ahead of the first write as it has buffers:
     # the payload must be larger than that for the in-place swap to hit bytes not read yet.
-    buffers = pipeline.WORKERS * max(2, pipeline.BUFFERS // pipeline.WORKERS)
-    ahead = buffers * pipeline.SPAN_BLOCKS * 4096
+    ahead = pipeline.BUFFERS * pipeline.SPAN_BLOCKS * 4096
     image = make_image(tmp / "img", 3 * ahead, seed=11)
     evil_image = make_image(tmp / "evil", 3 * ahead, seed=12)
     # A different, validly signed bundle of the same size: only the payload bytes differ.
