@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import errno
 import itertools
+import logging
 import mmap
 import os
 import subprocess
@@ -50,7 +51,8 @@ SELF_HEAD = 8  # ... and the first spans, while the worker process starts (~20 m
 # Span buffers in all: the consumer holds at most two consecutive spans, the rest are in flight.
 BUFFERS = 6
 BATCH_CHUNKS = 512  # squashfs blocks per writev, below IOV_MAX (1024)
-WORKER_EXIT_TIMEOUT = 10.0  # a worker finishes its current span (milliseconds) and sees EOF
+WORKER_EXIT_TIMEOUT = 10.0
+log = logging.getLogger(__name__)  # a worker finishes its current span (milliseconds) and sees EOF
 
 
 class _HashWorkers:
@@ -169,8 +171,14 @@ class _VerifiedSpans:
             workers = min(workers, len(theirs))
         else:
             workers = 0
-        self._pool = (_HashWorkers(bundle_fd, reader.salt, workers, buffers, span)
-                      if bundle_fd is not None and workers else None)
+        self._pool = None
+        if bundle_fd is not None and workers:
+            try:
+                self._pool = _HashWorkers(bundle_fd, reader.salt, workers, buffers, span)
+            except OSError as exc:
+                # No worker (a process limit, no memfd): slower, not wrong.
+                log.warning("no hashing worker (%s): the installer verifies every span itself", exc)
+                self._assign = [-1] * len(self._spans)
         self._local = [] if self._pool else [memoryview(bytearray(span)) for _ in range(buffers)]
         self._free = collections.deque(range(buffers))
         self._in_flight: collections.deque[int] = collections.deque()

@@ -191,3 +191,26 @@ def test_slot_writer_refuses_more_than_the_image_size(tmp_path: Path) -> None:
     writer.abort()
     assert info.value.code == "ota.slot_too_small"
     assert slots.path("B").stat().st_size == 4000
+
+
+def test_without_a_worker_process_the_installer_verifies_everything(
+        small_block_bundle: tuple[Path, bytes], keyring: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A device at its process limit still installs (slower): spawning the worker failing is not
+    an install failure."""
+    def no_fork(*args: Any, **kw: Any) -> subprocess.Popen[bytes]:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(pipeline.subprocess, "Popen", no_fork)
+    path, image = small_block_bundle
+    bundle, fd = _open(path, keyring)
+    entry = bundle.manifest.image("rootfs")
+    slots = FileSlots(tmp_path)
+    writer = slots.open_for_write("B", entry.size or 0)
+    try:
+        n = write_image(bundle, entry, writer, bundle_fd=fd, span_blocks=1, workers=1, self_head=0, self_every=0)
+    finally:
+        os.close(fd)
+    writer.finish()
+    assert n == len(image) and slots.path("B").read_bytes() == image
+    assert "no hashing worker" in caplog.text
