@@ -207,7 +207,7 @@ def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     # Small installs take well under a second, so on a shared machine one burst of someone else's
     # load decides a run: more runs for them (each run's ratio is printed too).
-    repeats = {64: 1} if quick else {64: 7, 256: 5, 1024: 3}
+    repeats = {64: 1} if quick else {64: 9, 256: 9, 1024: 3}
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-ota-", dir=os.environ.get("BENCH_TMP")) as t:
         tmp = Path(t)
