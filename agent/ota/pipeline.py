@@ -51,8 +51,8 @@ SELF_HEAD = 8  # ... and the first spans, while the worker process starts (~20 m
 # Span buffers in all: the consumer holds at most two consecutive spans, the rest are in flight.
 BUFFERS = 6
 BATCH_CHUNKS = 512  # squashfs blocks per writev, below IOV_MAX (1024)
-WORKER_EXIT_TIMEOUT = 10.0
-log = logging.getLogger(__name__)  # a worker finishes its current span (milliseconds) and sees EOF
+WORKER_EXIT_TIMEOUT = 10.0  # a worker finishes its current span (milliseconds) and sees EOF
+log = logging.getLogger(__name__)
 
 
 class _HashWorkers:
