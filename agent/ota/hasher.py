@@ -45,7 +45,8 @@ def layout(buffers: int, span: int) -> tuple[int, int]:
     return digests, digests + buffers * (span // BLOCK) * DIGEST
 
 
-def _read_exact(fd: int, size: int) -> bytes:
+def read_exact(fd: int, size: int) -> bytes:
+    """``size`` bytes from a pipe, or b"" at EOF (the installer reads replies with it too)."""
     data = b""
     while len(data) < size:
         chunk = os.read(fd, size - len(data))
@@ -64,7 +65,7 @@ def serve(bundle_fd: int, shm_fd: int, requests: int, replies: int, buffers: int
     # Views of every block of every buffer, made once: slicing per block cost ~10 % of the hashing.
     blocks = [[mem[i * span + off : i * span + off + BLOCK] for off in range(0, span, BLOCK)] for i in range(buffers)]
     while True:
-        request = _read_exact(requests, REQUEST.size)
+        request = read_exact(requests, REQUEST.size)
         if not request:
             return 0
         index, offset, length = REQUEST.unpack(request)

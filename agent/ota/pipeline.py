@@ -103,12 +103,9 @@ class _HashWorkers:
 
     def reply(self, worker: int) -> tuple[int, int]:
         """(buffer index, bytes read or -errno) of the worker's oldest request."""
-        data = b""
-        while len(data) < hasher.REPLY.size:
-            chunk = os.read(self._replies[worker], hasher.REPLY.size - len(data))
-            if not chunk:
-                raise self._exited(worker)
-            data += chunk
+        data = hasher.read_exact(self._replies[worker], hasher.REPLY.size)
+        if not data:
+            raise self._exited(worker)
         index, got = hasher.REPLY.unpack(data)
         return index, got
 

@@ -57,7 +57,8 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _alive(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Not gone and not a zombie (exited, only the reaping left to whoever adopted it)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
@@ -68,7 +69,7 @@ def _outliving(pids: list[int], timeout: float = 5.0) -> list[int]:
     """Workers still running ``timeout`` seconds after the installer was killed (want none: each
     exits when its request pipe closes)."""
     deadline = time.monotonic() + timeout
-    while (left := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+    while (left := [p for p in pids if running(p)]) and time.monotonic() < deadline:
         time.sleep(0.01)
     return left
 

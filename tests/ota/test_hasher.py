@@ -18,6 +18,7 @@ import pytest
 
 from agent.ota import hasher
 from agent.ota.pipeline import _HashWorkers
+from tests.ota.powercut_worker import running
 
 SPAN = 4 * 4096
 BUFFERS = 3
@@ -113,12 +114,7 @@ def test_worker_exits_when_the_installer_is_killed(payload: tuple[Path, bytes, i
         installer.send_signal(signal.SIGKILL)
         installer.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return
-        if state == "Z":  # exited; only the reaping is left to whoever adopted it
-            return
+    while running(worker):
+        if time.monotonic() > deadline:
+            pytest.fail(f"hashing worker {worker} outlived the killed installer")
         time.sleep(0.02)
-    pytest.fail(f"hashing worker {worker} outlived the killed installer")
